@@ -1,0 +1,226 @@
+//! Random access to a `.fz` container: one tensor, or any byte range of the original,
+//! decoding only the frames it needs.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+use sha2::{Digest, Sha256};
+
+use crate::container::{
+    parse_container_header, parse_manifest, parse_trailer, CONTAINER_HEADER_LEN, END_TAG, TRAILER_LEN,
+};
+use crate::error::{Error, Result};
+use crate::manifest::{Entry, Manifest};
+use crate::reader::decode_frames;
+use crate::safetensors::{self, Header};
+use crate::writer::hex;
+
+/// Something that can be read at any offset: a file, a byte buffer.
+pub trait ReadAt: Sync {
+    /// Total size in bytes.
+    fn size(&self) -> io::Result<u64>;
+    /// Fills `buf` from `offset`, or fails.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.get(o..o.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn size(&self) -> io::Result<u64> {
+        self.as_slice().size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.as_slice().read_exact_at(buf, offset)
+    }
+}
+
+/// An opened container: its manifest and verbatim header, read and checked up front.
+pub struct FzArchive<S: ReadAt> {
+    src: S,
+    manifest: Manifest,
+    prefix: Vec<u8>,
+}
+
+fn read_at<S: ReadAt + ?Sized>(src: &S, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::Truncated(what.into()))?];
+    src.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => Error::Truncated(format!("the container ends inside {what}")),
+        _ => Error::Io(e),
+    })?;
+    Ok(buf)
+}
+
+impl<S: ReadAt> FzArchive<S> {
+    /// Opens a container: reads its header, footer and manifest and checks them against
+    /// each other and the container's size, before anything is allocated by their numbers.
+    pub fn open(src: S) -> Result<Self> {
+        let size = src.size()?;
+        if size < CONTAINER_HEADER_LEN + 1 + TRAILER_LEN {
+            let head = read_at(&src, 0, size.min(8), "the container header")?;
+            if head.len() < 8 || head[..] != crate::container::MAGIC[..] {
+                return Err(Error::NotFloatzip);
+            }
+            return Err(Error::Truncated("the container is shorter than its fixed parts".into()));
+        }
+        let head = read_at(&src, 0, CONTAINER_HEADER_LEN, "the container header")?;
+        let mut h = [0u8; CONTAINER_HEADER_LEN as usize];
+        h.copy_from_slice(&head);
+        let prefix_len = parse_container_header(&h)?;
+        let trailer = read_at(&src, size - TRAILER_LEN, TRAILER_LEN, "the footer")?;
+        let t = parse_trailer(&trailer, size)?;
+        if CONTAINER_HEADER_LEN + prefix_len >= t.manifest_offset {
+            return Err(Error::InvalidManifest("the header runs into the manifest".into()));
+        }
+        let end_tag = read_at(&src, t.manifest_offset - 1, 1, "the end tag")?;
+        if end_tag[0] != END_TAG {
+            return Err(Error::InvalidManifest("no end tag before the manifest".into()));
+        }
+        let json = read_at(&src, t.manifest_offset, t.manifest_len, "the manifest")?;
+        let manifest = parse_manifest(&json, &t)?;
+        if manifest.prefix_len != prefix_len || manifest.frames_offset != CONTAINER_HEADER_LEN + prefix_len {
+            return Err(Error::InvalidManifest("header and manifest disagree on the prefix".into()));
+        }
+        manifest.validate(t.manifest_offset - 1)?;
+        let prefix = read_at(&src, CONTAINER_HEADER_LEN, prefix_len, "the safetensors header")?;
+        Ok(FzArchive { src, manifest, prefix })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The original file's leading bytes kept verbatim (the safetensors header, if any).
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The parsed safetensors header, or `None` if the original was not safetensors.
+    pub fn safetensors_header(&self) -> Result<Option<Header>> {
+        if self.prefix.len() < 8 {
+            return Ok(None);
+        }
+        safetensors::parse_header(&self.prefix[8..]).map(Some)
+    }
+
+    /// Reads the raw (compressed) frames of entry `idx`, numbers `first..last`.
+    pub fn read_frames(&self, idx: usize, first: usize, last: usize) -> Result<Vec<u8>> {
+        let e = &self.manifest.entries[idx];
+        let (begin, _) = e.frame_compressed_range(first);
+        let (_, end) = e.frame_compressed_range(last - 1);
+        read_at(&self.src, begin, end - begin, &format!("the frames of {}", e.label()))
+    }
+
+    /// Decodes frames `first..last` of entry `idx`, appending to `out`.
+    fn decode_entry_frames(&self, idx: usize, first: usize, last: usize, out: &mut Vec<u8>) -> Result<()> {
+        if first >= last {
+            return Ok(());
+        }
+        let e = &self.manifest.entries[idx];
+        let raw = self.read_frames(idx, first, last)?;
+        let mut frames = Vec::with_capacity(last - first);
+        let mut at = 0usize;
+        for &len in &e.frames[first..last] {
+            frames.push(&raw[at..at + len as usize]);
+            at += len as usize;
+        }
+        let label = |i: usize| (e.label(), first + i);
+        decode_frames(&frames, &label, out)
+    }
+
+    /// The original bytes of tensor `name`, checked against its SHA-256.
+    pub fn read_tensor(&self, name: &str) -> Result<Vec<u8>> {
+        let idx = self.manifest.find_tensor(name).ok_or_else(|| Error::UnknownTensor(name.into()))?;
+        self.read_entry(idx)
+    }
+
+    /// The original bytes of entry `idx`, checked against its SHA-256.
+    pub fn read_entry(&self, idx: usize) -> Result<Vec<u8>> {
+        let e = &self.manifest.entries[idx];
+        let mut out = Vec::with_capacity(e.original_len() as usize);
+        self.decode_entry_frames(idx, 0, e.frames.len(), &mut out)?;
+        check_entry_digest(e, &out)?;
+        Ok(out)
+    }
+
+    /// The original bytes `start..end`, decoding only the frames that overlap them.
+    pub fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>> {
+        let size = self.manifest.original_size;
+        if start > end || end > size {
+            return Err(Error::RangeOutOfBounds { start, end, size });
+        }
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let p = self.manifest.prefix_len;
+        if start < p {
+            out.extend_from_slice(&self.prefix[start as usize..end.min(p) as usize]);
+        }
+        for (idx, e) in self.manifest.entries.iter().enumerate() {
+            let (b, en) = (e.original[0], e.original[1]);
+            if en <= start || b >= end || e.frames.is_empty() {
+                continue;
+            }
+            let first = ((start.max(b) - b) / e.chunk_bytes) as usize;
+            let last = ((end.min(en) - b).div_ceil(e.chunk_bytes)) as usize;
+            let mut buf = Vec::new();
+            self.decode_entry_frames(idx, first, last, &mut buf)?;
+            let buf_start = e.frame_original_range(first).0;
+            let from = (start.max(b) - buf_start) as usize;
+            let to = (end.min(en) - buf_start) as usize;
+            out.extend_from_slice(&buf[from..to]);
+        }
+        Ok(out)
+    }
+
+    /// Writes the whole original to `w`, entry by entry, verifying every entry's digest
+    /// and the file's. Memory: one entry at a time.
+    pub fn write_original<W: Write>(&self, mut w: W) -> Result<W> {
+        let mut file_hash = Sha256::new();
+        file_hash.update(&self.prefix);
+        w.write_all(&self.prefix)?;
+        for idx in 0..self.manifest.entries.len() {
+            let bytes = self.read_entry(idx)?;
+            file_hash.update(&bytes);
+            w.write_all(&bytes)?;
+        }
+        let actual = hex(&file_hash.finalize());
+        if actual != self.manifest.sha256 {
+            return Err(Error::DigestMismatch {
+                what: "the whole file".into(),
+                expected: self.manifest.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(w)
+    }
+}
+
+/// Checks decoded entry bytes against the entry's recorded SHA-256.
+pub fn check_entry_digest(e: &Entry, bytes: &[u8]) -> Result<()> {
+    let actual = hex(&Sha256::digest(bytes));
+    if actual != e.sha256 {
+        return Err(Error::DigestMismatch { what: e.label(), expected: e.sha256.clone(), actual });
+    }
+    Ok(())
+}

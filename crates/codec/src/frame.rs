@@ -1,0 +1,448 @@
+//! One encoded chunk: a self-delimiting frame, and the per-plane coder choice.
+//!
+//! ```text
+//! frame := TAG(0xF7) varint(body_len) body
+//! body  := layout_id:u8 layout_param:u8 varint(original_len) xxh3_64(original):u64le
+//!          { coder_id:u8 varint(payload_len) payload }   one per plane of the layout
+//! ```
+//! A frame carries everything needed to decode it, so a stream of frames decodes without
+//! the manifest, and the checksum means a corrupt frame is an error, never wrong bytes.
+
+use std::cell::RefCell;
+
+use crate::coders::{huffman, rans, Histogram};
+use crate::dtype::DType;
+use crate::layout::Layout;
+use crate::wire::{put_varint, Cursor};
+
+/// First byte of every frame.
+pub const FRAME_TAG: u8 = 0xF7;
+/// Largest chunk a frame may hold. Bounds every allocation a decoder makes per frame.
+pub const MAX_CHUNK_BYTES: usize = 64 << 20;
+/// Largest frame body: a chunk coded raw plus per-plane headers, with room to spare.
+pub const MAX_BODY_BYTES: usize = MAX_CHUNK_BYTES + 4096;
+
+/// The entropy coder of one plane in one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Coder {
+    /// Symbols stored as they are.
+    Raw,
+    /// Every symbol is the same: the payload is that one byte.
+    Constant,
+    /// Canonical multi-stream Huffman ([`crate::coders::huffman`]).
+    Huffman,
+    /// Interleaved rANS ([`crate::coders::rans`]).
+    Rans,
+    /// zstd, for planes with repeats that order-0 coders cannot see.
+    Zstd,
+}
+
+impl Coder {
+    fn id(self) -> u8 {
+        match self {
+            Coder::Raw => 0,
+            Coder::Constant => 1,
+            Coder::Huffman => 2,
+            Coder::Rans => 3,
+            Coder::Zstd => 4,
+        }
+    }
+
+    fn from_id(id: u8) -> Option<Coder> {
+        Some(match id {
+            0 => Coder::Raw,
+            1 => Coder::Constant,
+            2 => Coder::Huffman,
+            3 => Coder::Rans,
+            4 => Coder::Zstd,
+            _ => return None,
+        })
+    }
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Coder::Raw => "raw",
+            Coder::Constant => "const",
+            Coder::Huffman => "huffman",
+            Coder::Rans => "rans",
+            Coder::Zstd => "zstd",
+        }
+    }
+}
+
+/// Encoder settings that affect the size/speed trade-off.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameOptions {
+    /// zstd level used where a chunk holds repeats (see [`looks_repetitive`]).
+    pub zstd_level: i32,
+    /// An entropy coder must beat raw storage by this fraction to be used: decoding
+    /// raw bytes is a copy, so a 0.1 % gain on a near-random plane is not worth it.
+    pub min_gain: f64,
+}
+
+impl Default for FrameOptions {
+    fn default() -> Self {
+        FrameOptions {
+            zstd_level: 9,
+            min_gain: 0.002,
+        }
+    }
+}
+
+/// What the encoder chose for one frame, for `inspect` and the manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameStats {
+    /// The layout used.
+    pub layout: Layout,
+    /// The coder of each plane.
+    pub coders: Vec<Coder>,
+    /// Order-0 entropy of the chosen layout's planes, in bytes: the floor for this chunk.
+    pub floor_bytes: f64,
+}
+
+/// Why a frame could not be decoded (the caller adds which entry and frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Malformed header or coder stream.
+    Corrupt(String),
+    /// Decoded, but the bytes do not match the checksum.
+    Checksum,
+}
+
+fn corrupt(reason: impl Into<String>) -> FrameError {
+    FrameError::Corrupt(reason.into())
+}
+
+#[derive(Default)]
+struct Scratch {
+    planes: Vec<Vec<u8>>,
+    best_planes: Vec<Vec<u8>>,
+}
+
+thread_local! {
+    // Reused per worker thread so that coding a chunk allocates nothing in steady state.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A plan for one plane: coder and predicted payload size.
+#[derive(Clone, Copy)]
+struct PlaneChoice {
+    coder: Coder,
+    size: usize,
+}
+
+fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
+    if hist.total == 0 {
+        return PlaneChoice { coder: Coder::Raw, size: 0 };
+    }
+    if hist.single_symbol().is_some() {
+        return PlaneChoice { coder: Coder::Constant, size: 1 };
+    }
+    let raw = hist.total;
+    let h = huffman::encoded_size(hist);
+    let r = rans::encoded_size(hist);
+    // Huffman decodes faster; rANS must win by more than its estimate's slack.
+    let best = if r + r / 200 + 8 < h {
+        PlaneChoice { coder: Coder::Rans, size: r }
+    } else {
+        PlaneChoice { coder: Coder::Huffman, size: h }
+    };
+    if (best.size as f64) < raw as f64 * (1.0 - opts.min_gain) {
+        best
+    } else {
+        PlaneChoice { coder: Coder::Raw, size: raw }
+    }
+}
+
+/// Cheap test for repeats (zero padding, duplicated rows, shared prefixes): samples
+/// aligned 8-byte words into a small hash table and counts exact re-occurrences. Float
+/// weights almost never repeat a whole 8-byte word, so this rarely fires on them and
+/// the costly zstd attempt is skipped.
+pub fn looks_repetitive(chunk: &[u8]) -> bool {
+    const BITS: u32 = 12;
+    let mut table = [0u64; 1 << BITS];
+    let (mut hits, mut samples) = (0usize, 0usize);
+    for w in chunk.chunks_exact(8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        let v = u64::from_le_bytes(a);
+        let slot = (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS)) as usize;
+        if table[slot] == v {
+            hits += 1;
+        } else {
+            table[slot] = v;
+        }
+        samples += 1;
+    }
+    samples >= 64 && hits * 16 > samples
+}
+
+/// Encodes one chunk of `dtype` elements as a frame appended to `out`.
+///
+/// Every candidate layout is measured by the coders' size estimates and the smallest
+/// kept; chunks that look repetitive also try zstd on the raw bytes.
+pub fn encode_frame(chunk: &[u8], dtype: DType, opts: &FrameOptions, out: &mut Vec<u8>) -> FrameStats {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let Scratch { planes, best_planes } = &mut *s;
+        let mut best: Option<(Layout, Vec<PlaneChoice>, Vec<Histogram>, usize)> = None;
+        for &layout in Layout::candidates(dtype) {
+            if chunk.len() % layout.unit() != 0 {
+                continue;
+            }
+            layout.split(chunk, planes);
+            let hists: Vec<Histogram> = planes.iter().map(|p| Histogram::of(p)).collect();
+            let choices: Vec<PlaneChoice> = hists.iter().map(|h| choose_coder(h, opts)).collect();
+            let size: usize = choices.iter().map(|c| c.size + 6).sum();
+            if best.as_ref().is_none_or(|b| size < b.3) {
+                std::mem::swap(planes, best_planes);
+                best = Some((layout, choices, hists, size));
+            }
+        }
+        let (layout, choices, hists, size) = best.unwrap_or_else(|| {
+            // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
+            Layout::Bytes.split(chunk, best_planes);
+            let h = Histogram::of(chunk);
+            let c = choose_coder(&h, opts);
+            (Layout::Bytes, vec![c], vec![h], c.size)
+        });
+        let floor_bytes = hists.iter().map(|h| h.entropy_bytes()).sum();
+        if looks_repetitive(chunk) {
+            if let Ok(z) = zstd::bulk::compress(chunk, opts.zstd_level) {
+                if z.len() + 8 < size {
+                    let coders = vec![Coder::Zstd];
+                    write_frame(out, chunk, Layout::Bytes, &[(Coder::Zstd, &z[..])], None);
+                    let floor_bytes = Histogram::of(chunk).entropy_bytes();
+                    return FrameStats { layout: Layout::Bytes, coders, floor_bytes };
+                }
+            }
+        }
+        let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(choices.len());
+        for ((plane, choice), hist) in best_planes.iter().zip(&choices).zip(&hists) {
+            payloads.push(encode_plane(plane, hist, choice.coder));
+        }
+        let parts: Vec<(Coder, &[u8])> =
+            choices.iter().zip(&payloads).map(|(c, p)| (c.coder, p.as_slice())).collect();
+        write_frame(out, chunk, layout, &parts, Some(best_planes));
+        FrameStats { layout, coders: choices.iter().map(|c| c.coder).collect(), floor_bytes }
+    })
+}
+
+/// Codes one plane. Raw planes are written straight from the plane (empty payload here).
+fn encode_plane(plane: &[u8], hist: &Histogram, coder: Coder) -> Vec<u8> {
+    let mut p = Vec::new();
+    match coder {
+        Coder::Raw => {}
+        Coder::Constant => p.push(plane[0]),
+        Coder::Huffman => huffman::encode(plane, hist, &mut p),
+        Coder::Rans => rans::encode(plane, hist, &mut p),
+        Coder::Zstd => unreachable!("zstd is chosen per chunk, not per plane"),
+    }
+    p
+}
+
+fn write_frame(
+    out: &mut Vec<u8>,
+    chunk: &[u8],
+    layout: Layout,
+    parts: &[(Coder, &[u8])],
+    planes: Option<&[Vec<u8>]>,
+) {
+    let mut body = Vec::with_capacity(32 + parts.iter().map(|p| p.1.len()).sum::<usize>());
+    body.push(layout.id());
+    body.push(layout.param());
+    put_varint(&mut body, chunk.len() as u64);
+    body.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(chunk).to_le_bytes());
+    for (i, (coder, payload)) in parts.iter().enumerate() {
+        let payload: &[u8] = match (coder, planes) {
+            (Coder::Raw, Some(planes)) => &planes[i],
+            _ => payload,
+        };
+        body.push(coder.id());
+        put_varint(&mut body, payload.len() as u64);
+        body.extend_from_slice(payload);
+    }
+    out.push(FRAME_TAG);
+    put_varint(out, body.len() as u64);
+    out.extend_from_slice(&body);
+}
+
+/// The parsed start of a frame: enough to size the output before decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameHeader<'a> {
+    /// Layout of the chunk.
+    pub layout: Layout,
+    /// Bytes the frame decodes to.
+    pub original_len: usize,
+    checksum: u64,
+    planes: &'a [u8],
+}
+
+/// Reads the frame at the start of `buf`; returns its header and the frame's total length.
+///
+/// Validates sizes against [`MAX_CHUNK_BYTES`] before anything is allocated.
+pub fn parse_frame(buf: &[u8]) -> Result<(FrameHeader<'_>, usize), FrameError> {
+    let mut c = Cursor::new(buf);
+    if c.u8() != Some(FRAME_TAG) {
+        return Err(corrupt("missing frame tag"));
+    }
+    let body_len = c.varint().ok_or_else(|| corrupt("truncated frame length"))?;
+    if body_len > MAX_BODY_BYTES as u64 {
+        return Err(corrupt(format!("frame body of {body_len} bytes is over the limit")));
+    }
+    let body = c.take(body_len as usize).ok_or_else(|| corrupt("truncated frame body"))?;
+    let total = c.position();
+    let mut b = Cursor::new(body);
+    let (id, param) = (b.u8(), b.u8());
+    let (Some(id), Some(param)) = (id, param) else {
+        return Err(corrupt("truncated frame header"));
+    };
+    let layout = Layout::from_id(id, param).ok_or_else(|| corrupt(format!("unknown layout {id}/{param}")))?;
+    let original_len = b.varint().ok_or_else(|| corrupt("truncated chunk length"))?;
+    if original_len > MAX_CHUNK_BYTES as u64 {
+        return Err(corrupt(format!("chunk of {original_len} bytes is over the limit")));
+    }
+    let original_len = original_len as usize;
+    if original_len % layout.unit() != 0 {
+        return Err(corrupt("chunk length does not fit the layout"));
+    }
+    let checksum = b.u64_le().ok_or_else(|| corrupt("truncated checksum"))?;
+    let planes = &body[b.position()..];
+    Ok((FrameHeader { layout, original_len, checksum, planes }, total))
+}
+
+/// One plane as stored: its coder and payload.
+fn plane_parts<'a>(h: &FrameHeader<'a>) -> Result<Vec<(Coder, &'a [u8])>, FrameError> {
+    let mut c = Cursor::new(h.planes);
+    let mut parts = Vec::with_capacity(4);
+    while c.remaining() > 0 {
+        if parts.len() >= 16 {
+            return Err(corrupt("too many planes"));
+        }
+        let coder = c.u8().and_then(Coder::from_id).ok_or_else(|| corrupt("unknown coder"))?;
+        let len = c.varint().ok_or_else(|| corrupt("truncated plane length"))?;
+        let payload = usize::try_from(len)
+            .ok()
+            .and_then(|len| c.take(len))
+            .ok_or_else(|| corrupt("plane payload past the frame end"))?;
+        parts.push((coder, payload));
+    }
+    Ok(parts)
+}
+
+/// The coders of a frame's planes, for reports (`inspect`).
+pub fn frame_coders(h: &FrameHeader<'_>) -> Result<Vec<Coder>, FrameError> {
+    Ok(plane_parts(h)?.into_iter().map(|(c, _)| c).collect())
+}
+
+/// Decodes a parsed frame into `out`, which must be `original_len` bytes long.
+pub fn decode_frame(h: &FrameHeader<'_>, out: &mut [u8]) -> Result<(), FrameError> {
+    if out.len() != h.original_len {
+        return Err(corrupt("output size does not match the frame"));
+    }
+    let parts = plane_parts(h)?;
+    if let [(Coder::Zstd, z)] = parts[..] {
+        if h.layout != Layout::Bytes {
+            return Err(corrupt("zstd frame with a plane layout"));
+        }
+        let n = zstd::bulk::decompress_to_buffer(z, out).map_err(|e| corrupt(format!("zstd: {e}")))?;
+        if n != out.len() {
+            return Err(corrupt("zstd payload decodes to the wrong length"));
+        }
+    } else {
+        decode_planes(h, &parts, out)?;
+    }
+    if xxhash_rust::xxh3::xxh3_64(out) != h.checksum {
+        return Err(FrameError::Checksum);
+    }
+    Ok(())
+}
+
+fn decode_planes(h: &FrameHeader<'_>, parts: &[(Coder, &[u8])], out: &mut [u8]) -> Result<(), FrameError> {
+    let lens = h.layout.plane_lens(h.original_len);
+    if parts.len() != lens.count {
+        return Err(corrupt("wrong number of planes for the layout"));
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let planes = &mut s.planes;
+        planes.resize_with(lens.count, Vec::new);
+        for ((coder, payload), plane) in parts.iter().zip(planes.iter_mut()) {
+            if *coder != Coder::Raw {
+                plane.clear();
+                plane.resize(lens.symbols, 0);
+                decode_plane(*coder, payload, plane)?;
+            } else if payload.len() != lens.symbols {
+                return Err(corrupt("raw plane of the wrong length"));
+            }
+        }
+        // Raw planes are merged straight from the frame, without a copy.
+        let refs: Vec<&[u8]> = parts
+            .iter()
+            .zip(planes.iter())
+            .map(|((coder, payload), plane)| if *coder == Coder::Raw { *payload } else { plane.as_slice() })
+            .collect();
+        h.layout.merge(&refs, out);
+        Ok(())
+    })
+}
+
+fn decode_plane(coder: Coder, payload: &[u8], plane: &mut [u8]) -> Result<(), FrameError> {
+    match coder {
+        Coder::Raw => unreachable!("raw planes are not decoded"),
+        Coder::Constant => match payload {
+            [b] => plane.fill(*b),
+            _ => return Err(corrupt("constant plane payload is not one byte")),
+        },
+        Coder::Huffman => huffman::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
+        Coder::Rans => rans::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
+        Coder::Zstd => return Err(corrupt("zstd plane inside a multi-plane frame")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(chunk: &[u8], dtype: DType) -> FrameStats {
+        let mut out = Vec::new();
+        let stats = encode_frame(chunk, dtype, &FrameOptions::default(), &mut out);
+        let (h, len) = parse_frame(&out).expect("parse");
+        assert_eq!(len, out.len());
+        let mut dec = vec![0u8; h.original_len];
+        decode_frame(&h, &mut dec).expect("decode");
+        assert_eq!(dec, chunk);
+        stats
+    }
+
+    #[test]
+    fn constant_and_empty_chunks() {
+        let s = round_trip(&[0u8; 4096], DType::BF16);
+        assert_eq!(s.coders, vec![Coder::Constant, Coder::Constant]);
+        round_trip(&[], DType::F32);
+        round_trip(&[1, 2, 3], DType::BF16); // ragged: falls back to bytes
+    }
+
+    #[test]
+    fn repetitive_chunks_use_zstd() {
+        let row: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let chunk: Vec<u8> = row.iter().cycle().take(row.len() * 16).copied().collect();
+        assert!(looks_repetitive(&chunk));
+        let s = round_trip(&chunk, DType::BF16);
+        assert_eq!(s.coders, vec![Coder::Zstd]);
+    }
+
+    #[test]
+    fn checksum_catches_a_changed_raw_byte() {
+        let chunk: Vec<u8> = (0..2000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let mut out = Vec::new();
+        encode_frame(&chunk, DType::U8, &FrameOptions::default(), &mut out);
+        let last = out.len() - 1;
+        out[last] ^= 1;
+        let (h, _) = parse_frame(&out).expect("parse");
+        let mut dec = vec![0u8; h.original_len];
+        assert!(decode_frame(&h, &mut dec).is_err());
+    }
+}

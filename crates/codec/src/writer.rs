@@ -1,0 +1,401 @@
+//! Streaming compression: original bytes in, a `.fz` container out, in bounded memory.
+//!
+//! Input is buffered until a batch of chunks is complete; the batch is encoded on the
+//! rayon pool while the same bytes are hashed, and the frames are written in order. Memory
+//! is about `batch_bytes` (chunk size × threads × a small factor), whatever the file size.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::container::{container_header, manifest_and_trailer, CONTAINER_HEADER_LEN, END_TAG};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::frame::{encode_frame, FrameOptions, FrameStats, MAX_CHUNK_BYTES};
+use crate::manifest::{Entry, Manifest, FORMAT_VERSION};
+use crate::safetensors::{self, Header};
+
+/// Settings for compression.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    /// Original bytes per chunk (rounded down to whole elements). Chunks are coded
+    /// independently: smaller adapts tables faster and gives finer random access, larger
+    /// amortises tables and per-frame work.
+    pub chunk_bytes: usize,
+    /// Per-frame coder settings.
+    pub frame: FrameOptions,
+    /// Chunks encoded per parallel batch, per worker thread.
+    pub chunks_per_thread: usize,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions { chunk_bytes: 256 << 10, frame: FrameOptions::default(), chunks_per_thread: 4 }
+    }
+}
+
+/// A byte range of the original to be coded as one entry.
+#[derive(Debug, Clone)]
+struct Segment {
+    name: Option<String>,
+    dtype_name: String,
+    coded_as: DType,
+    shape: Vec<u64>,
+    begin: u64,
+    /// `None`: runs to the end of the input.
+    end: Option<u64>,
+}
+
+/// Turns a parsed header (or none) into the segments that cover every byte after the prefix.
+fn plan_segments(header: Option<&Header>) -> Vec<Segment> {
+    let bytes = |begin, end| Segment {
+        name: None,
+        dtype_name: DType::Bytes.name().into(),
+        coded_as: DType::Bytes,
+        shape: Vec::new(),
+        begin,
+        end,
+    };
+    let Some(h) = header else { return vec![bytes(0, None)] };
+    let mut segs = Vec::with_capacity(h.tensors.len() + 1);
+    let mut cursor = h.prefix_len;
+    for t in &h.tensors {
+        let (b, e) = (h.prefix_len + t.begin, h.prefix_len + t.end);
+        if b > cursor {
+            segs.push(bytes(cursor, Some(b)));
+        }
+        segs.push(Segment {
+            name: Some(t.name.clone()),
+            dtype_name: t.dtype_name.clone(),
+            coded_as: t.coded_as,
+            shape: t.shape.clone(),
+            begin: b,
+            end: Some(e),
+        });
+        cursor = e;
+    }
+    segs.push(bytes(cursor, None));
+    segs
+}
+
+/// An entry being built while its frames are written.
+struct EntryBuilder {
+    seg: Segment,
+    chunk_bytes: u64,
+    compressed_begin: u64,
+    frames: Vec<u64>,
+    hasher: Sha256,
+    floor_bytes: f64,
+    layouts: BTreeMap<String, u64>,
+    coders: BTreeMap<String, u64>,
+}
+
+impl EntryBuilder {
+    fn record(&mut self, frame_len: u64, stats: &FrameStats) {
+        self.frames.push(frame_len);
+        self.floor_bytes += stats.floor_bytes;
+        *self.layouts.entry(stats.layout.name().into()).or_default() += 1;
+        for c in &stats.coders {
+            *self.coders.entry(c.name().into()).or_default() += 1;
+        }
+    }
+
+    fn finish(self, end: u64) -> Entry {
+        let compressed_end = self.compressed_begin + self.frames.iter().sum::<u64>();
+        Entry {
+            name: self.seg.name,
+            dtype: self.seg.dtype_name,
+            coded_as: self.seg.coded_as,
+            shape: self.seg.shape,
+            original: [self.seg.begin, end],
+            compressed: [self.compressed_begin, compressed_end],
+            chunk_bytes: self.chunk_bytes,
+            frames: self.frames,
+            sha256: hex(&self.hasher.finalize()),
+            floor_bytes: self.floor_bytes,
+            layouts: self.layouts,
+            coders: self.coders,
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+enum State {
+    /// Collecting the first bytes to tell a safetensors header from other data.
+    Sniffing,
+    /// Writing frames; `seg` is the index of the segment that `pending_start` is in.
+    Frames { seg: usize },
+}
+
+/// A `Write` that compresses everything written to it into a `.fz` container.
+///
+/// Call [`FzWriter::finish`] at the end: it checks the input was complete and writes the
+/// manifest. Dropping the writer without it leaves an unusable, truncated container.
+pub struct FzWriter<W: Write> {
+    out: W,
+    written: u64,
+    opts: EncodeOptions,
+    state: State,
+    pending: Vec<u8>,
+    pending_start: u64,
+    file_hasher: Sha256,
+    prefix_len: u64,
+    segments: Vec<Segment>,
+    entries: Vec<EntryBuilder>,
+}
+
+impl<W: Write> FzWriter<W> {
+    /// Starts a container on `out`.
+    pub fn new(out: W, opts: EncodeOptions) -> Result<Self> {
+        if opts.chunk_bytes == 0 || opts.chunk_bytes > MAX_CHUNK_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "chunk size must be 1..={MAX_CHUNK_BYTES} bytes, not {}",
+                opts.chunk_bytes
+            )));
+        }
+        Ok(FzWriter {
+            out,
+            written: 0,
+            opts,
+            state: State::Sniffing,
+            pending: Vec::new(),
+            pending_start: 0,
+            file_hasher: Sha256::new(),
+            prefix_len: 0,
+            segments: Vec::new(),
+            entries: Vec::new(),
+        })
+    }
+
+    fn batch_bytes(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        self.opts.chunk_bytes * threads * self.opts.chunks_per_thread.max(1)
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Decides, once enough bytes are in, whether this is a safetensors file; at the end of
+    /// input (`eof`) decides with what there is.
+    fn try_start(&mut self, eof: bool) -> Result<()> {
+        if self.pending.len() < 9 && !eof {
+            return Ok(());
+        }
+        let header = match safetensors::sniff(&self.pending) {
+            None => None,
+            Some(json_len) => {
+                let prefix = 8 + json_len as usize;
+                if self.pending.len() < prefix {
+                    if !eof {
+                        return Ok(());
+                    }
+                    return Err(Error::Truncated(format!(
+                        "safetensors header declares {json_len} bytes but the file has {}",
+                        self.pending.len().saturating_sub(8)
+                    )));
+                }
+                Some(safetensors::parse_header(&self.pending[8..prefix])?)
+            }
+        };
+        self.prefix_len = header.as_ref().map_or(0, |h| h.prefix_len);
+        self.segments = plan_segments(header.as_ref());
+        let prefix_len = self.prefix_len as usize;
+        self.emit(&container_header(self.prefix_len))?;
+        let prefix: Vec<u8> = self.pending.drain(..prefix_len).collect();
+        self.file_hasher.update(&prefix);
+        self.emit(&prefix)?;
+        self.pending_start = self.prefix_len;
+        self.state = State::Frames { seg: 0 };
+        self.open_entry(0);
+        Ok(())
+    }
+
+    fn open_entry(&mut self, seg: usize) {
+        if let Some(s) = self.segments.get(seg) {
+            self.entries.push(EntryBuilder {
+                seg: s.clone(),
+                chunk_bytes: self.chunk_len(s),
+                compressed_begin: self.written,
+                frames: Vec::new(),
+                hasher: Sha256::new(),
+                floor_bytes: 0.0,
+                layouts: BTreeMap::new(),
+                coders: BTreeMap::new(),
+            });
+        }
+    }
+
+    /// Original bytes per chunk in `seg`: whole elements, so every chunk splits into planes.
+    fn chunk_len(&self, seg: &Segment) -> u64 {
+        let unit = seg.coded_as.unit_bytes();
+        ((self.opts.chunk_bytes / unit).max(1) * unit) as u64
+    }
+
+    /// Cuts the pending bytes into chunks: `(segment, offset in pending, len)`. Only whole
+    /// chunks are cut unless `eof`, when the open-ended last segment takes what remains.
+    fn cut_chunks(&self, mut seg: usize, eof: bool) -> Vec<(usize, usize, usize)> {
+        let mut jobs = Vec::new();
+        let pending_end = self.pending_start + self.pending.len() as u64;
+        let mut pos = self.pending_start;
+        while let Some(s) = self.segments.get(seg) {
+            let chunk = self.chunk_len(s);
+            let seg_end = s.end.unwrap_or(u64::MAX);
+            let take = chunk.min(seg_end - pos);
+            if take == 0 {
+                seg += 1;
+                continue;
+            }
+            let have = pending_end - pos;
+            let take = if take <= have {
+                take
+            } else if eof && s.end.is_none() && have > 0 {
+                have
+            } else {
+                break;
+            };
+            jobs.push((seg, (pos - self.pending_start) as usize, take as usize));
+            pos += take;
+        }
+        jobs
+    }
+
+    /// Encodes and writes every complete chunk pending (all of them at `eof`).
+    fn flush_chunks(&mut self, eof: bool) -> Result<()> {
+        let State::Frames { seg } = self.state else { return Ok(()) };
+        let jobs = self.cut_chunks(seg, eof);
+        let Some(&(last_seg, last_off, last_len)) = jobs.last() else { return Ok(()) };
+        let consumed = last_off + last_len;
+        let pending = &self.pending;
+        let opts = self.opts.frame;
+        let segments = &self.segments;
+        let (frames, ()) = rayon::join(
+            || {
+                jobs.par_iter()
+                    .map(|&(s, off, len)| {
+                        let mut out = Vec::with_capacity(len / 2 + 64);
+                        let stats = encode_frame(&pending[off..off + len], segments[s].coded_as, &opts, &mut out);
+                        (out, stats)
+                    })
+                    .collect::<Vec<_>>()
+            },
+            || self.file_hasher.update(&pending[..consumed]),
+        );
+        for (&(s, off, len), (frame, stats)) in jobs.iter().zip(frames) {
+            while self.entries.len() <= s {
+                self.open_entry(self.entries.len());
+            }
+            self.entries[s].hasher.update(&self.pending[off..off + len]);
+            self.emit(&frame)?;
+            self.entries[s].record(frame.len() as u64, &stats);
+        }
+        self.pending.drain(..consumed);
+        self.pending_start += consumed as u64;
+        let at_seg_end = self.segments[last_seg].end == Some(self.pending_start);
+        self.state = State::Frames { seg: if at_seg_end { last_seg + 1 } else { last_seg } };
+        Ok(())
+    }
+
+    /// Takes more original bytes (the `Write` impl calls this).
+    pub fn push(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let room = self.batch_bytes().saturating_sub(self.pending.len()).max(1);
+            let take = room.min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if let State::Sniffing = self.state {
+                self.try_start(false)?;
+            }
+            if self.pending.len() >= self.batch_bytes() {
+                self.flush_chunks(false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the input: codes what is left, checks every declared tensor was complete,
+    /// writes the manifest, and returns the output and the manifest.
+    pub fn finish(mut self) -> Result<(W, Manifest)> {
+        if let State::Sniffing = self.state {
+            self.try_start(true)?;
+        }
+        self.flush_chunks(true)?;
+        let end = self.pending_start;
+        while self.entries.len() < self.segments.len() {
+            self.open_entry(self.entries.len());
+        }
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for (b, s) in std::mem::take(&mut self.entries).into_iter().zip(&self.segments) {
+            match s.end {
+                Some(e) if e > end => {
+                    return Err(Error::Truncated(format!(
+                        "{} declares bytes {}..{} but the file ends at {end}",
+                        s.name.as_deref().map_or("a range".into(), |n| format!("tensor {n:?}")),
+                        s.begin,
+                        e
+                    )))
+                }
+                Some(e) => entries.push(b.finish(e)),
+                None if end > s.begin => entries.push(b.finish(end)),
+                None => {}
+            }
+        }
+        let frames_end = self.written;
+        self.emit(&[END_TAG])?;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            original_size: end,
+            sha256: hex(&self.file_hasher.clone().finalize()),
+            prefix_len: self.prefix_len,
+            frames_offset: CONTAINER_HEADER_LEN + self.prefix_len,
+            entries,
+        };
+        debug_assert!(manifest.validate(frames_end).is_ok());
+        let tail = manifest_and_trailer(&manifest, self.written);
+        self.emit(&tail)?;
+        self.out.flush()?;
+        Ok((self.out, manifest))
+    }
+}
+
+impl<W: Write> Write for FzWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.push(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Frames are only cut at chunk boundaries; flushing the sink is all we can do.
+        self.out.flush()
+    }
+}
+
+/// Compresses everything from `input` into a container written to `output`.
+pub fn compress<R: Read, W: Write>(mut input: R, output: W, opts: EncodeOptions) -> Result<(W, Manifest)> {
+    let mut w = FzWriter::new(output, opts)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        w.push(&buf[..n])?;
+    }
+    w.finish()
+}
+
+/// Compresses a byte slice held in memory.
+pub fn compress_bytes(data: &[u8], opts: EncodeOptions) -> Result<(Vec<u8>, Manifest)> {
+    let mut w = FzWriter::new(Vec::with_capacity(data.len() / 2), opts)?;
+    w.push(data)?;
+    w.finish()
+}
