@@ -8,7 +8,8 @@ use std::os::unix::fs::FileExt;
 use sha2::{Digest, Sha256};
 
 use crate::container::{
-    parse_container_header, parse_manifest, parse_trailer, CONTAINER_HEADER_LEN, END_TAG, TRAILER_LEN,
+    parse_container_header, parse_manifest, parse_trailer, CONTAINER_HEADER_LEN, END_TAG,
+    TRAILER_LEN,
 };
 use crate::error::{Error, Result};
 use crate::manifest::{Entry, Manifest};
@@ -65,10 +66,13 @@ pub struct FzArchive<S: ReadAt> {
 
 fn read_at<S: ReadAt + ?Sized>(src: &S, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::Truncated(what.into()))?];
-    src.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => Error::Truncated(format!("the container ends inside {what}")),
-        _ => Error::Io(e),
-    })?;
+    src.read_exact_at(&mut buf, offset)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                Error::Truncated(format!("the container ends inside {what}"))
+            }
+            _ => Error::Io(e),
+        })?;
     Ok(buf)
 }
 
@@ -82,7 +86,9 @@ impl<S: ReadAt> FzArchive<S> {
             if head.len() < 8 || head[..] != crate::container::MAGIC[..] {
                 return Err(Error::NotFloatzip);
             }
-            return Err(Error::Truncated("the container is shorter than its fixed parts".into()));
+            return Err(Error::Truncated(
+                "the container is shorter than its fixed parts".into(),
+            ));
         }
         let head = read_at(&src, 0, CONTAINER_HEADER_LEN, "the container header")?;
         let mut h = [0u8; CONTAINER_HEADER_LEN as usize];
@@ -91,20 +97,37 @@ impl<S: ReadAt> FzArchive<S> {
         let trailer = read_at(&src, size - TRAILER_LEN, TRAILER_LEN, "the footer")?;
         let t = parse_trailer(&trailer, size)?;
         if CONTAINER_HEADER_LEN + prefix_len >= t.manifest_offset {
-            return Err(Error::InvalidManifest("the header runs into the manifest".into()));
+            return Err(Error::InvalidManifest(
+                "the header runs into the manifest".into(),
+            ));
         }
         let end_tag = read_at(&src, t.manifest_offset - 1, 1, "the end tag")?;
         if end_tag[0] != END_TAG {
-            return Err(Error::InvalidManifest("no end tag before the manifest".into()));
+            return Err(Error::InvalidManifest(
+                "no end tag before the manifest".into(),
+            ));
         }
         let json = read_at(&src, t.manifest_offset, t.manifest_len, "the manifest")?;
         let manifest = parse_manifest(&json, &t)?;
-        if manifest.prefix_len != prefix_len || manifest.frames_offset != CONTAINER_HEADER_LEN + prefix_len {
-            return Err(Error::InvalidManifest("header and manifest disagree on the prefix".into()));
+        if manifest.prefix_len != prefix_len
+            || manifest.frames_offset != CONTAINER_HEADER_LEN + prefix_len
+        {
+            return Err(Error::InvalidManifest(
+                "header and manifest disagree on the prefix".into(),
+            ));
         }
         manifest.validate(t.manifest_offset - 1)?;
-        let prefix = read_at(&src, CONTAINER_HEADER_LEN, prefix_len, "the safetensors header")?;
-        Ok(FzArchive { src, manifest, prefix })
+        let prefix = read_at(
+            &src,
+            CONTAINER_HEADER_LEN,
+            prefix_len,
+            "the safetensors header",
+        )?;
+        Ok(FzArchive {
+            src,
+            manifest,
+            prefix,
+        })
     }
 
     /// The manifest.
@@ -130,11 +153,22 @@ impl<S: ReadAt> FzArchive<S> {
         let e = &self.manifest.entries[idx];
         let (begin, _) = e.frame_compressed_range(first);
         let (_, end) = e.frame_compressed_range(last - 1);
-        read_at(&self.src, begin, end - begin, &format!("the frames of {}", e.label()))
+        read_at(
+            &self.src,
+            begin,
+            end - begin,
+            &format!("the frames of {}", e.label()),
+        )
     }
 
     /// Decodes frames `first..last` of entry `idx`, appending to `out`.
-    fn decode_entry_frames(&self, idx: usize, first: usize, last: usize, out: &mut Vec<u8>) -> Result<()> {
+    fn decode_entry_frames(
+        &self,
+        idx: usize,
+        first: usize,
+        last: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         if first >= last {
             return Ok(());
         }
@@ -150,9 +184,19 @@ impl<S: ReadAt> FzArchive<S> {
         decode_frames(&frames, &label, out)
     }
 
+    /// Appends the original bytes of entry `idx` to `out`, checked by the frames'
+    /// checksums only (not the entry's SHA-256): the fastest full decode.
+    pub fn decode_entry_into(&self, idx: usize, out: &mut Vec<u8>) -> Result<()> {
+        let frames = self.manifest.entries[idx].frames.len();
+        self.decode_entry_frames(idx, 0, frames, out)
+    }
+
     /// The original bytes of tensor `name`, checked against its SHA-256.
     pub fn read_tensor(&self, name: &str) -> Result<Vec<u8>> {
-        let idx = self.manifest.find_tensor(name).ok_or_else(|| Error::UnknownTensor(name.into()))?;
+        let idx = self
+            .manifest
+            .find_tensor(name)
+            .ok_or_else(|| Error::UnknownTensor(name.into()))?;
         self.read_entry(idx)
     }
 
@@ -220,7 +264,11 @@ impl<S: ReadAt> FzArchive<S> {
 pub fn check_entry_digest(e: &Entry, bytes: &[u8]) -> Result<()> {
     let actual = hex(&Sha256::digest(bytes));
     if actual != e.sha256 {
-        return Err(Error::DigestMismatch { what: e.label(), expected: e.sha256.clone(), actual });
+        return Err(Error::DigestMismatch {
+            what: e.label(),
+            expected: e.sha256.clone(),
+            actual,
+        });
     }
     Ok(())
 }

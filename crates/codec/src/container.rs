@@ -51,7 +51,11 @@ pub fn parse_container_header(h: &[u8; CONTAINER_HEADER_LEN as usize]) -> Result
     len.copy_from_slice(&h[16..]);
     let prefix_len = u64::from_le_bytes(len);
     if prefix_len > MAX_PREFIX_BYTES {
-        return Err(Error::TooLarge { what: "verbatim header", size: prefix_len, limit: MAX_PREFIX_BYTES });
+        return Err(Error::TooLarge {
+            what: "verbatim header",
+            size: prefix_len,
+            limit: MAX_PREFIX_BYTES,
+        });
     }
     Ok(prefix_len)
 }
@@ -90,13 +94,26 @@ pub fn parse_trailer(t: &[u8], container_len: u64) -> Result<Trailer> {
     if t.len() != TRAILER_LEN as usize || &t[24..32] != FOOTER_MAGIC {
         return Err(Error::Truncated("the container's footer is missing".into()));
     }
-    let tr = Trailer { manifest_offset: word(0), manifest_len: word(1), manifest_sum: word(2) };
+    let tr = Trailer {
+        manifest_offset: word(0),
+        manifest_len: word(1),
+        manifest_sum: word(2),
+    };
     if tr.manifest_len > MAX_MANIFEST_BYTES {
-        return Err(Error::TooLarge { what: "manifest", size: tr.manifest_len, limit: MAX_MANIFEST_BYTES });
+        return Err(Error::TooLarge {
+            what: "manifest",
+            size: tr.manifest_len,
+            limit: MAX_MANIFEST_BYTES,
+        });
     }
-    let end = tr.manifest_offset.checked_add(tr.manifest_len).and_then(|e| e.checked_add(TRAILER_LEN));
+    let end = tr
+        .manifest_offset
+        .checked_add(tr.manifest_len)
+        .and_then(|e| e.checked_add(TRAILER_LEN));
     if end != Some(container_len) || tr.manifest_offset < CONTAINER_HEADER_LEN + 1 {
-        return Err(Error::InvalidManifest("footer points outside the container".into()));
+        return Err(Error::InvalidManifest(
+            "footer points outside the container".into(),
+        ));
     }
     Ok(tr)
 }

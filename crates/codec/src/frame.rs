@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! frame := TAG(0xF7) varint(body_len) body
-//! body  := layout_id:u8 layout_param:u8 varint(original_len) xxh3_64(original):u64le
+//! body  := layout_id:u8 layout_param:u8 varint(original_len) xxh3_64(original) as u32le
 //!          { coder_id:u8 varint(payload_len) payload }   one per plane of the layout
 //! ```
 //! A frame carries everything needed to decode it, so a stream of frames decodes without
@@ -134,24 +134,39 @@ struct PlaneChoice {
 
 fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
     if hist.total == 0 {
-        return PlaneChoice { coder: Coder::Raw, size: 0 };
+        return PlaneChoice {
+            coder: Coder::Raw,
+            size: 0,
+        };
     }
     if hist.single_symbol().is_some() {
-        return PlaneChoice { coder: Coder::Constant, size: 1 };
+        return PlaneChoice {
+            coder: Coder::Constant,
+            size: 1,
+        };
     }
     let raw = hist.total;
     let h = huffman::encoded_size(hist);
     let r = rans::encoded_size(hist);
     // Huffman decodes faster; rANS must win by more than its estimate's slack.
     let best = if r + r / 200 + 8 < h {
-        PlaneChoice { coder: Coder::Rans, size: r }
+        PlaneChoice {
+            coder: Coder::Rans,
+            size: r,
+        }
     } else {
-        PlaneChoice { coder: Coder::Huffman, size: h }
+        PlaneChoice {
+            coder: Coder::Huffman,
+            size: h,
+        }
     };
     if (best.size as f64) < raw as f64 * (1.0 - opts.min_gain) {
         best
     } else {
-        PlaneChoice { coder: Coder::Raw, size: raw }
+        PlaneChoice {
+            coder: Coder::Raw,
+            size: raw,
+        }
     }
 }
 
@@ -178,23 +193,50 @@ pub fn looks_repetitive(chunk: &[u8]) -> bool {
     samples >= 64 && hits * 16 > samples
 }
 
+fn varint_len(v: usize) -> usize {
+    (usize::BITS - (v | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+/// The frame checksum: the low 32 bits of xxh3-64. A corrupt frame that slipped past it
+/// would still fail the entry's SHA-256; 32 bits keep tiny tensors' frames small.
+fn checksum(bytes: &[u8]) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(bytes) as u32
+}
+
 /// Encodes one chunk of `dtype` elements as a frame appended to `out`.
 ///
 /// Every candidate layout is measured by the coders' size estimates and the smallest
 /// kept; chunks that look repetitive also try zstd on the raw bytes.
-pub fn encode_frame(chunk: &[u8], dtype: DType, opts: &FrameOptions, out: &mut Vec<u8>) -> FrameStats {
+pub fn encode_frame(
+    chunk: &[u8],
+    dtype: DType,
+    opts: &FrameOptions,
+    out: &mut Vec<u8>,
+) -> FrameStats {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        let Scratch { planes, best_planes } = &mut *s;
+        let Scratch {
+            planes,
+            best_planes,
+        } = &mut *s;
         let mut best: Option<(Layout, Vec<PlaneChoice>, Vec<Histogram>, usize)> = None;
-        for &layout in Layout::candidates(dtype) {
+        // Per-plane headers outweigh any gain from splitting a few elements.
+        let candidates = if chunk.len() < 64 {
+            &[Layout::Bytes][..]
+        } else {
+            Layout::candidates(dtype)
+        };
+        for &layout in candidates {
             if chunk.len() % layout.unit() != 0 {
                 continue;
             }
             layout.split(chunk, planes);
             let hists: Vec<Histogram> = planes.iter().map(|p| Histogram::of(p)).collect();
             let choices: Vec<PlaneChoice> = hists.iter().map(|h| choose_coder(h, opts)).collect();
-            let size: usize = choices.iter().map(|c| c.size + 6).sum();
+            let size: usize = choices
+                .iter()
+                .map(|c| c.size + 1 + varint_len(c.size))
+                .sum();
             if best.as_ref().is_none_or(|b| size < b.3) {
                 std::mem::swap(planes, best_planes);
                 best = Some((layout, choices, hists, size));
@@ -214,7 +256,11 @@ pub fn encode_frame(chunk: &[u8], dtype: DType, opts: &FrameOptions, out: &mut V
                     let coders = vec![Coder::Zstd];
                     write_frame(out, chunk, Layout::Bytes, &[(Coder::Zstd, &z[..])], None);
                     let floor_bytes = Histogram::of(chunk).entropy_bytes();
-                    return FrameStats { layout: Layout::Bytes, coders, floor_bytes };
+                    return FrameStats {
+                        layout: Layout::Bytes,
+                        coders,
+                        floor_bytes,
+                    };
                 }
             }
         }
@@ -222,10 +268,17 @@ pub fn encode_frame(chunk: &[u8], dtype: DType, opts: &FrameOptions, out: &mut V
         for ((plane, choice), hist) in best_planes.iter().zip(&choices).zip(&hists) {
             payloads.push(encode_plane(plane, hist, choice.coder));
         }
-        let parts: Vec<(Coder, &[u8])> =
-            choices.iter().zip(&payloads).map(|(c, p)| (c.coder, p.as_slice())).collect();
+        let parts: Vec<(Coder, &[u8])> = choices
+            .iter()
+            .zip(&payloads)
+            .map(|(c, p)| (c.coder, p.as_slice()))
+            .collect();
         write_frame(out, chunk, layout, &parts, Some(best_planes));
-        FrameStats { layout, coders: choices.iter().map(|c| c.coder).collect(), floor_bytes }
+        FrameStats {
+            layout,
+            coders: choices.iter().map(|c| c.coder).collect(),
+            floor_bytes,
+        }
     })
 }
 
@@ -253,7 +306,7 @@ fn write_frame(
     body.push(layout.id());
     body.push(layout.param());
     put_varint(&mut body, chunk.len() as u64);
-    body.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(chunk).to_le_bytes());
+    body.extend_from_slice(&checksum(chunk).to_le_bytes());
     for (i, (coder, payload)) in parts.iter().enumerate() {
         let payload: &[u8] = match (coder, planes) {
             (Coder::Raw, Some(planes)) => &planes[i],
@@ -275,7 +328,7 @@ pub struct FrameHeader<'a> {
     pub layout: Layout,
     /// Bytes the frame decodes to.
     pub original_len: usize,
-    checksum: u64,
+    checksum: u32,
     planes: &'a [u8],
 }
 
@@ -287,29 +340,48 @@ pub fn parse_frame(buf: &[u8]) -> Result<(FrameHeader<'_>, usize), FrameError> {
     if c.u8() != Some(FRAME_TAG) {
         return Err(corrupt("missing frame tag"));
     }
-    let body_len = c.varint().ok_or_else(|| corrupt("truncated frame length"))?;
+    let body_len = c
+        .varint()
+        .ok_or_else(|| corrupt("truncated frame length"))?;
     if body_len > MAX_BODY_BYTES as u64 {
-        return Err(corrupt(format!("frame body of {body_len} bytes is over the limit")));
+        return Err(corrupt(format!(
+            "frame body of {body_len} bytes is over the limit"
+        )));
     }
-    let body = c.take(body_len as usize).ok_or_else(|| corrupt("truncated frame body"))?;
+    let body = c
+        .take(body_len as usize)
+        .ok_or_else(|| corrupt("truncated frame body"))?;
     let total = c.position();
     let mut b = Cursor::new(body);
     let (id, param) = (b.u8(), b.u8());
     let (Some(id), Some(param)) = (id, param) else {
         return Err(corrupt("truncated frame header"));
     };
-    let layout = Layout::from_id(id, param).ok_or_else(|| corrupt(format!("unknown layout {id}/{param}")))?;
-    let original_len = b.varint().ok_or_else(|| corrupt("truncated chunk length"))?;
+    let layout = Layout::from_id(id, param)
+        .ok_or_else(|| corrupt(format!("unknown layout {id}/{param}")))?;
+    let original_len = b
+        .varint()
+        .ok_or_else(|| corrupt("truncated chunk length"))?;
     if original_len > MAX_CHUNK_BYTES as u64 {
-        return Err(corrupt(format!("chunk of {original_len} bytes is over the limit")));
+        return Err(corrupt(format!(
+            "chunk of {original_len} bytes is over the limit"
+        )));
     }
     let original_len = original_len as usize;
     if original_len % layout.unit() != 0 {
         return Err(corrupt("chunk length does not fit the layout"));
     }
-    let checksum = b.u64_le().ok_or_else(|| corrupt("truncated checksum"))?;
+    let checksum = b.u32_le().ok_or_else(|| corrupt("truncated checksum"))?;
     let planes = &body[b.position()..];
-    Ok((FrameHeader { layout, original_len, checksum, planes }, total))
+    Ok((
+        FrameHeader {
+            layout,
+            original_len,
+            checksum,
+            planes,
+        },
+        total,
+    ))
 }
 
 /// One plane as stored: its coder and payload.
@@ -320,8 +392,13 @@ fn plane_parts<'a>(h: &FrameHeader<'a>) -> Result<Vec<(Coder, &'a [u8])>, FrameE
         if parts.len() >= 16 {
             return Err(corrupt("too many planes"));
         }
-        let coder = c.u8().and_then(Coder::from_id).ok_or_else(|| corrupt("unknown coder"))?;
-        let len = c.varint().ok_or_else(|| corrupt("truncated plane length"))?;
+        let coder = c
+            .u8()
+            .and_then(Coder::from_id)
+            .ok_or_else(|| corrupt("unknown coder"))?;
+        let len = c
+            .varint()
+            .ok_or_else(|| corrupt("truncated plane length"))?;
         let payload = usize::try_from(len)
             .ok()
             .and_then(|len| c.take(len))
@@ -346,20 +423,25 @@ pub fn decode_frame(h: &FrameHeader<'_>, out: &mut [u8]) -> Result<(), FrameErro
         if h.layout != Layout::Bytes {
             return Err(corrupt("zstd frame with a plane layout"));
         }
-        let n = zstd::bulk::decompress_to_buffer(z, out).map_err(|e| corrupt(format!("zstd: {e}")))?;
+        let n =
+            zstd::bulk::decompress_to_buffer(z, out).map_err(|e| corrupt(format!("zstd: {e}")))?;
         if n != out.len() {
             return Err(corrupt("zstd payload decodes to the wrong length"));
         }
     } else {
         decode_planes(h, &parts, out)?;
     }
-    if xxhash_rust::xxh3::xxh3_64(out) != h.checksum {
+    if checksum(out) != h.checksum {
         return Err(FrameError::Checksum);
     }
     Ok(())
 }
 
-fn decode_planes(h: &FrameHeader<'_>, parts: &[(Coder, &[u8])], out: &mut [u8]) -> Result<(), FrameError> {
+fn decode_planes(
+    h: &FrameHeader<'_>,
+    parts: &[(Coder, &[u8])],
+    out: &mut [u8],
+) -> Result<(), FrameError> {
     let lens = h.layout.plane_lens(h.original_len);
     if parts.len() != lens.count {
         return Err(corrupt("wrong number of planes for the layout"));
@@ -381,7 +463,13 @@ fn decode_planes(h: &FrameHeader<'_>, parts: &[(Coder, &[u8])], out: &mut [u8]) 
         let refs: Vec<&[u8]> = parts
             .iter()
             .zip(planes.iter())
-            .map(|((coder, payload), plane)| if *coder == Coder::Raw { *payload } else { plane.as_slice() })
+            .map(|((coder, payload), plane)| {
+                if *coder == Coder::Raw {
+                    *payload
+                } else {
+                    plane.as_slice()
+                }
+            })
             .collect();
         h.layout.merge(&refs, out);
         Ok(())
@@ -427,7 +515,9 @@ mod tests {
 
     #[test]
     fn repetitive_chunks_use_zstd() {
-        let row: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let row: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let chunk: Vec<u8> = row.iter().cycle().take(row.len() * 16).copied().collect();
         assert!(looks_repetitive(&chunk));
         let s = round_trip(&chunk, DType::BF16);

@@ -98,9 +98,7 @@ impl Layout {
             DType::F64 | DType::I64 | DType::U64 => &[Layout::ByteSplit(8)],
             DType::I32 | DType::U32 => &[Layout::ByteSplit(4)],
             DType::I16 | DType::U16 => &[Layout::ByteSplit(2)],
-            DType::F8_E8M0 | DType::I8 | DType::U8 | DType::BOOL | DType::Bytes => {
-                &[Layout::Bytes]
-            }
+            DType::F8_E8M0 | DType::I8 | DType::U8 | DType::BOOL | DType::Bytes => &[Layout::Bytes],
         }
     }
 

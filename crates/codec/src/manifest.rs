@@ -113,40 +113,63 @@ impl Manifest {
         for e in &self.entries {
             let label = e.label();
             if e.original[0] != orig || e.original[1] < e.original[0] {
-                return bad(format!("{label}: original range does not follow the previous one"));
+                return bad(format!(
+                    "{label}: original range does not follow the previous one"
+                ));
             }
             if e.compressed[0] != comp || e.compressed[1] < e.compressed[0] {
-                return bad(format!("{label}: compressed range does not follow the previous one"));
+                return bad(format!(
+                    "{label}: compressed range does not follow the previous one"
+                ));
             }
             if !is_sha256_hex(&e.sha256) {
                 return bad(format!("{label}: sha256 is not 64 hex digits"));
             }
             let len = e.original_len();
             if len > 0 && (e.chunk_bytes == 0 || e.chunk_bytes > MAX_CHUNK_BYTES as u64) {
-                return bad(format!("{label}: chunk size {} is out of range", e.chunk_bytes));
+                return bad(format!(
+                    "{label}: chunk size {} is out of range",
+                    e.chunk_bytes
+                ));
             }
-            let want_frames = if len == 0 { 0 } else { len.div_ceil(e.chunk_bytes) };
+            let want_frames = if len == 0 {
+                0
+            } else {
+                len.div_ceil(e.chunk_bytes)
+            };
             if e.frames.len() as u64 != want_frames {
-                return bad(format!("{label}: {} frames listed, {want_frames} expected", e.frames.len()));
+                return bad(format!(
+                    "{label}: {} frames listed, {want_frames} expected",
+                    e.frames.len()
+                ));
             }
             let sum = e.frames.iter().try_fold(0u64, |a, &f| a.checked_add(f));
             if sum != Some(e.compressed_len()) {
-                return bad(format!("{label}: frame sizes do not add up to the compressed range"));
+                return bad(format!(
+                    "{label}: frame sizes do not add up to the compressed range"
+                ));
             }
             (orig, comp) = (e.original[1], e.compressed[1]);
         }
         if orig != self.original_size {
-            return bad(format!("entries end at {orig}, the original has {} bytes", self.original_size));
+            return bad(format!(
+                "entries end at {orig}, the original has {} bytes",
+                self.original_size
+            ));
         }
         if comp != frames_end {
-            return bad(format!("frames end at {comp}, the container's at {frames_end}"));
+            return bad(format!(
+                "frames end at {comp}, the container's at {frames_end}"
+            ));
         }
         Ok(())
     }
 
     /// Index of the entry holding the tensor `name`.
     pub fn find_tensor(&self, name: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.name.as_deref() == Some(name))
+        self.entries
+            .iter()
+            .position(|e| e.name.as_deref() == Some(name))
     }
 
     /// Sum of the compressed sizes of all frames.

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::container::{
-    parse_container_header, parse_manifest, parse_trailer, CONTAINER_HEADER_LEN, END_TAG, MAX_MANIFEST_BYTES,
-    TRAILER_LEN,
+    parse_container_header, parse_manifest, parse_trailer, CONTAINER_HEADER_LEN, END_TAG,
+    MAX_MANIFEST_BYTES, TRAILER_LEN,
 };
 use crate::error::{Error, Result};
 use crate::frame::{decode_frame, parse_frame, FrameError, FRAME_TAG, MAX_BODY_BYTES};
@@ -24,11 +24,19 @@ const BATCH_BYTES_PER_THREAD: usize = 1 << 20;
 
 /// Decodes frames (each a complete frame, tag included) into one buffer, in parallel.
 /// `first_index` numbers the frames in error messages; `label` says where they are.
-pub(crate) fn decode_frames(frames: &[&[u8]], label: &(dyn Fn(usize) -> (String, usize) + Sync), out: &mut Vec<u8>) -> Result<()> {
+pub(crate) fn decode_frames(
+    frames: &[&[u8]],
+    label: &(dyn Fn(usize) -> (String, usize) + Sync),
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let corrupt = |i: usize, e: FrameError| {
         let (entry, frame) = label(i);
         match e {
-            FrameError::Corrupt(reason) => Error::CorruptFrame { entry, frame, reason },
+            FrameError::Corrupt(reason) => Error::CorruptFrame {
+                entry,
+                frame,
+                reason,
+            },
             FrameError::Checksum => Error::ChecksumMismatch { entry, frame },
         }
     };
@@ -36,7 +44,10 @@ pub(crate) fn decode_frames(frames: &[&[u8]], label: &(dyn Fn(usize) -> (String,
     for (i, f) in frames.iter().enumerate() {
         let (h, len) = parse_frame(f).map_err(|e| corrupt(i, e))?;
         if len != f.len() {
-            return Err(corrupt(i, FrameError::Corrupt("frame size disagrees with the manifest".into())));
+            return Err(corrupt(
+                i,
+                FrameError::Corrupt("frame size disagrees with the manifest".into()),
+            ));
         }
         headers.push(h);
     }
@@ -96,7 +107,10 @@ impl<R: Read> FzReader<R> {
     /// Starts decoding the container that `src` yields.
     pub fn new(src: R) -> Self {
         FzReader {
-            src: Counting { inner: src, count: 0 },
+            src: Counting {
+                inner: src,
+                count: 0,
+            },
             phase: Phase::Start,
             buf: Vec::new(),
             buf_pos: 0,
@@ -114,7 +128,9 @@ impl<R: Read> FzReader<R> {
 
     fn read_exact_or(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
         self.src.read_exact(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => Error::Truncated(format!("the stream ends inside {what}")),
+            io::ErrorKind::UnexpectedEof => {
+                Error::Truncated(format!("the stream ends inside {what}"))
+            }
             _ => Error::Io(e),
         })
     }
@@ -126,7 +142,9 @@ impl<R: Read> FzReader<R> {
         let mut prefix = Vec::new();
         (&mut self.src).take(prefix_len).read_to_end(&mut prefix)?;
         if prefix.len() as u64 != prefix_len {
-            return Err(Error::Truncated("the stream ends inside the safetensors header".into()));
+            return Err(Error::Truncated(
+                "the stream ends inside the safetensors header".into(),
+            ));
         }
         self.buf = prefix;
         self.phase = Phase::Frames;
@@ -193,7 +211,15 @@ impl<R: Read> FzReader<R> {
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
         self.buf.clear();
         self.buf_pos = 0;
-        let label = |i: usize| (format!("the stream (frame {} after original byte {emitted})", first + i), first + i);
+        let label = |i: usize| {
+            (
+                format!(
+                    "the stream (frame {} after original byte {emitted})",
+                    first + i
+                ),
+                first + i,
+            )
+        };
         decode_frames(&refs, &label, &mut self.buf)?;
         self.frames_read += frames.len();
         if ended {
@@ -205,14 +231,20 @@ impl<R: Read> FzReader<R> {
     /// After the last frame: reads the manifest and checks size and SHA-256.
     fn verify_end(&mut self) -> Result<()> {
         let mut tail = Vec::new();
-        (&mut self.src).take(MAX_MANIFEST_BYTES + TRAILER_LEN + 1).read_to_end(&mut tail)?;
+        (&mut self.src)
+            .take(MAX_MANIFEST_BYTES + TRAILER_LEN + 1)
+            .read_to_end(&mut tail)?;
         if tail.len() < TRAILER_LEN as usize {
-            return Err(Error::Truncated("the stream ends before the manifest".into()));
+            return Err(Error::Truncated(
+                "the stream ends before the manifest".into(),
+            ));
         }
         let (json, trailer) = tail.split_at(tail.len() - TRAILER_LEN as usize);
         let t = parse_trailer(trailer, self.src.count)?;
         if t.manifest_len != json.len() as u64 {
-            return Err(Error::InvalidManifest("the footer does not point at the manifest".into()));
+            return Err(Error::InvalidManifest(
+                "the footer does not point at the manifest".into(),
+            ));
         }
         let m = parse_manifest(json, &t)?;
         if m.original_size != self.emitted {
@@ -223,7 +255,11 @@ impl<R: Read> FzReader<R> {
         }
         let actual = hex(&self.hasher.clone().finalize());
         if actual != m.sha256 {
-            return Err(Error::DigestMismatch { what: "the whole file".into(), expected: m.sha256, actual });
+            return Err(Error::DigestMismatch {
+                what: "the whole file".into(),
+                expected: m.sha256,
+                actual,
+            });
         }
         self.manifest = Some(m);
         Ok(())
@@ -268,7 +304,10 @@ pub fn decompress<R: Read, W: Write>(input: R, mut output: W) -> Result<(W, Mani
         r.buf_pos = r.buf.len();
     }
     output.flush()?;
-    let m = r.manifest.take().ok_or_else(|| Error::Truncated("the stream has no manifest".into()))?;
+    let m = r
+        .manifest
+        .take()
+        .ok_or_else(|| Error::Truncated("the stream has no manifest".into()))?;
     Ok((output, m))
 }
 

@@ -62,8 +62,8 @@ pub fn sniff(first: &[u8]) -> Option<u64> {
 /// Parses the JSON header `json` (the bytes after the 8-byte length).
 pub fn parse_header(json: &[u8]) -> Result<Header> {
     let bad = |m: String| Error::InvalidSafetensors(m);
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(json).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json)
+        .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
     let mut tensors = Vec::with_capacity(map.len());
     let mut metadata = None;
     for (name, v) in &map {
@@ -78,10 +78,17 @@ pub fn parse_header(json: &[u8]) -> Result<Header> {
     tensors.sort_by_key(|t| (t.begin, t.end));
     for pair in tensors.windows(2) {
         if pair[1].begin < pair[0].end {
-            return Err(bad(format!("tensors {:?} and {:?} overlap", pair[0].name, pair[1].name)));
+            return Err(bad(format!(
+                "tensors {:?} and {:?} overlap",
+                pair[0].name, pair[1].name
+            )));
         }
     }
-    let mut header = Header { prefix_len: 8 + json.len() as u64, tensors, metadata };
+    let mut header = Header {
+        prefix_len: 8 + json.len() as u64,
+        tensors,
+        metadata,
+    };
     infer_packed_types(&mut header.tensors);
     Ok(header)
 }
@@ -102,7 +109,10 @@ fn parse_tensor(name: &str, v: &serde_json::Value) -> Result<TensorInfo> {
     }
     let dtype = DType::from_safetensors(&raw.dtype);
     if let Some(d) = dtype {
-        let elements = raw.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let elements = raw
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let bytes = elements.and_then(|n| d.byte_len(n));
         if bytes != Some(end - begin) {
             return Err(bad(format!(
@@ -146,7 +156,10 @@ fn infer_packed_types(tensors: &mut [TensorInfo]) {
 
 /// Writes a safetensors file header (length + JSON padded with spaces to a multiple of 8)
 /// for `tensors` laid out back to back in the given order; returns the bytes.
-pub fn write_header(tensors: &[(&TensorInfo, u64, u64)], metadata: Option<&BTreeMap<String, String>>) -> Vec<u8> {
+pub fn write_header(
+    tensors: &[(&TensorInfo, u64, u64)],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     if let Some(m) = metadata {
         map.insert("__metadata__".into(), serde_json::json!(m));
@@ -182,9 +195,21 @@ mod tests {
                 "__metadata__":{"format":"pt"}}"#,
         )
         .expect("valid");
-        assert_eq!(h.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            h.tensors
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(h.data_len(), 8);
-        assert_eq!(h.metadata.as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        assert_eq!(
+            h.metadata
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
     }
 
     #[test]
@@ -199,7 +224,10 @@ mod tests {
             r#"{"a":{"dtype":"F32""#,
         ];
         for c in cases {
-            assert!(matches!(header(c), Err(Error::InvalidSafetensors(_))), "{c}");
+            assert!(
+                matches!(header(c), Err(Error::InvalidSafetensors(_))),
+                "{c}"
+            );
         }
     }
 
@@ -217,7 +245,14 @@ mod tests {
         let coded: Vec<DType> = h.tensors.iter().map(|t| t.coded_as).collect();
         assert_eq!(
             coded,
-            [DType::Bytes, DType::F4, DType::F8_E8M0, DType::F4, DType::F8_E4M3, DType::U8]
+            [
+                DType::Bytes,
+                DType::F4,
+                DType::F8_E8M0,
+                DType::F4,
+                DType::F8_E4M3,
+                DType::U8
+            ]
         );
     }
 

@@ -38,12 +38,10 @@ impl<'a> Cursor<'a> {
         Some(b)
     }
 
-    /// Reads a little-endian u64.
-    pub fn u64_le(&mut self) -> Option<u64> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Some(u64::from_le_bytes(a))
+    /// Reads a little-endian u32.
+    pub fn u32_le(&mut self) -> Option<u32> {
+        let b = self.take(4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Reads an unsigned LEB128 varint of at most 10 bytes that fits in a u64.

@@ -32,7 +32,11 @@ pub struct EncodeOptions {
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        EncodeOptions { chunk_bytes: 256 << 10, frame: FrameOptions::default(), chunks_per_thread: 4 }
+        EncodeOptions {
+            chunk_bytes: 256 << 10,
+            frame: FrameOptions::default(),
+            chunks_per_thread: 4,
+        }
     }
 }
 
@@ -58,7 +62,9 @@ fn plan_segments(header: Option<&Header>) -> Vec<Segment> {
         begin,
         end,
     };
-    let Some(h) = header else { return vec![bytes(0, None)] };
+    let Some(h) = header else {
+        return vec![bytes(0, None)];
+    };
     let mut segs = Vec::with_capacity(h.tensors.len() + 1);
     let mut cursor = h.prefix_len;
     for t in &h.tensors {
@@ -269,9 +275,13 @@ impl<W: Write> FzWriter<W> {
 
     /// Encodes and writes every complete chunk pending (all of them at `eof`).
     fn flush_chunks(&mut self, eof: bool) -> Result<()> {
-        let State::Frames { seg } = self.state else { return Ok(()) };
+        let State::Frames { seg } = self.state else {
+            return Ok(());
+        };
         let jobs = self.cut_chunks(seg, eof);
-        let Some(&(last_seg, last_off, last_len)) = jobs.last() else { return Ok(()) };
+        let Some(&(last_seg, last_off, last_len)) = jobs.last() else {
+            return Ok(());
+        };
         let consumed = last_off + last_len;
         let pending = &self.pending;
         let opts = self.opts.frame;
@@ -281,7 +291,12 @@ impl<W: Write> FzWriter<W> {
                 jobs.par_iter()
                     .map(|&(s, off, len)| {
                         let mut out = Vec::with_capacity(len / 2 + 64);
-                        let stats = encode_frame(&pending[off..off + len], segments[s].coded_as, &opts, &mut out);
+                        let stats = encode_frame(
+                            &pending[off..off + len],
+                            segments[s].coded_as,
+                            &opts,
+                            &mut out,
+                        );
                         (out, stats)
                     })
                     .collect::<Vec<_>>()
@@ -299,7 +314,9 @@ impl<W: Write> FzWriter<W> {
         self.pending.drain(..consumed);
         self.pending_start += consumed as u64;
         let at_seg_end = self.segments[last_seg].end == Some(self.pending_start);
-        self.state = State::Frames { seg: if at_seg_end { last_seg + 1 } else { last_seg } };
+        self.state = State::Frames {
+            seg: if at_seg_end { last_seg + 1 } else { last_seg },
+        };
         Ok(())
     }
 
@@ -332,12 +349,17 @@ impl<W: Write> FzWriter<W> {
             self.open_entry(self.entries.len());
         }
         let mut entries = Vec::with_capacity(self.entries.len());
-        for (b, s) in std::mem::take(&mut self.entries).into_iter().zip(&self.segments) {
+        for (b, s) in std::mem::take(&mut self.entries)
+            .into_iter()
+            .zip(&self.segments)
+        {
             match s.end {
                 Some(e) if e > end => {
                     return Err(Error::Truncated(format!(
                         "{} declares bytes {}..{} but the file ends at {end}",
-                        s.name.as_deref().map_or("a range".into(), |n| format!("tensor {n:?}")),
+                        s.name
+                            .as_deref()
+                            .map_or("a range".into(), |n| format!("tensor {n:?}")),
                         s.begin,
                         e
                     )))
@@ -378,7 +400,11 @@ impl<W: Write> Write for FzWriter<W> {
 }
 
 /// Compresses everything from `input` into a container written to `output`.
-pub fn compress<R: Read, W: Write>(mut input: R, output: W, opts: EncodeOptions) -> Result<(W, Manifest)> {
+pub fn compress<R: Read, W: Write>(
+    mut input: R,
+    output: W,
+    opts: EncodeOptions,
+) -> Result<(W, Manifest)> {
     let mut w = FzWriter::new(output, opts)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {

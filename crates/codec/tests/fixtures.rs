@@ -14,10 +14,19 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
-    assert!(out.len() >= 11, "expected the 11 fixtures, found {}", out.len());
+    assert!(
+        out.len() >= 11,
+        "expected the 11 fixtures, found {}",
+        out.len()
+    );
     out
 }
 
@@ -30,25 +39,52 @@ fn every_fixture_round_trips_byte_identical() {
         assert_eq!(back, data, "{name}");
         assert_eq!(manifest.original_size, data.len() as u64);
         let ratio = fz.len() as f64 / data.len() as f64;
-        let floor: f64 = manifest.entries.iter().map(|e| e.floor_bytes).sum::<f64>() + manifest.prefix_len as f64;
-        eprintln!("{name}: ratio {ratio:.4} (chunk floor {:.4})", floor / data.len() as f64);
+        let floor: f64 = manifest.entries.iter().map(|e| e.floor_bytes).sum::<f64>()
+            + manifest.prefix_len as f64;
+        eprintln!(
+            "{name}: ratio {ratio:.4} (chunk floor {:.4})",
+            floor / data.len() as f64
+        );
         assert!(ratio < 1.0, "{name} did not compress: {ratio}");
     }
 }
 
 #[test]
 fn random_access_matches_full_decode() {
-    let (_, data) = fixtures().into_iter().find(|(n, _)| n.contains("bf16")).unwrap();
-    let opts = EncodeOptions { chunk_bytes: 16 << 10, ..Default::default() };
+    let (_, data) = fixtures()
+        .into_iter()
+        .find(|(n, _)| n.contains("bf16"))
+        .unwrap();
+    let opts = EncodeOptions {
+        chunk_bytes: 16 << 10,
+        ..Default::default()
+    };
     let (fz, manifest) = compress_bytes(&data, opts).expect("compress");
     let archive = FzArchive::open(fz).expect("open");
     for e in &manifest.entries {
         let name = e.name.as_deref().unwrap();
         let t = archive.read_tensor(name).expect("tensor");
-        assert_eq!(t, data[e.original[0] as usize..e.original[1] as usize], "{name}");
+        assert_eq!(
+            t,
+            data[e.original[0] as usize..e.original[1] as usize],
+            "{name}"
+        );
     }
     let n = data.len() as u64;
-    let cuts = [0, 1, 7, 8, 100, manifest.prefix_len, manifest.prefix_len + 1, 16 << 10, (16 << 10) + 3, n / 2, n - 1, n];
+    let cuts = [
+        0,
+        1,
+        7,
+        8,
+        100,
+        manifest.prefix_len,
+        manifest.prefix_len + 1,
+        16 << 10,
+        (16 << 10) + 3,
+        n / 2,
+        n - 1,
+        n,
+    ];
     for &a in &cuts {
         for &b in &cuts {
             if a <= b {

@@ -14,7 +14,10 @@ pub fn encode(symbols: &[u8], _hist: &Histogram, out: &mut Vec<u8>) {
 /// Decodes exactly `out.len()` symbols from `input`.
 pub fn decode(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
     if input.len() != out.len() {
-        return Err(CorruptStream { coder: "huffman", reason: "length mismatch" });
+        return Err(CorruptStream {
+            coder: "huffman",
+            reason: "length mismatch",
+        });
     }
     out.copy_from_slice(input);
     Ok(())

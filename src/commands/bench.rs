@@ -1,0 +1,211 @@
+//! `floatzip bench`: ratio and speed of floatzip next to zstd, and the entropy floor.
+//!
+//! Speeds are of original bytes, median of `--runs`, on one thread unless `--threads`
+//! says otherwise. All contenders run in the same process on the same bytes, one after
+//! the other, so a noisy machine affects them alike.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use floatzip_codec::{compress_bytes, decompress_bytes, FzArchive, Manifest};
+use serde::Serialize;
+
+use super::compress::CodecArgs;
+
+/// Arguments of `floatzip bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Files to measure (safetensors or any other).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Worker threads for floatzip (zstd runs single-threaded).
+    #[arg(long, short = 't', default_value_t = 1)]
+    pub threads: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub codec: CodecArgs,
+}
+
+/// One contender on one file.
+#[derive(Serialize)]
+struct Measure {
+    name: String,
+    ratio: f64,
+    compress_mb_s: f64,
+    decompress_mb_s: f64,
+}
+
+/// Per-dtype sizes inside one file.
+#[derive(Serialize, Default)]
+struct DtypeRow {
+    original_bytes: u64,
+    compressed_bytes: u64,
+    floor_bytes: f64,
+}
+
+#[derive(Serialize)]
+struct FileReport {
+    file: String,
+    bytes: u64,
+    floor_ratio: f64,
+    contenders: Vec<Measure>,
+    by_dtype: BTreeMap<String, DtypeRow>,
+}
+
+fn median_secs(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(t[t.len() / 2])
+}
+
+fn mbps(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs.max(1e-12)
+}
+
+fn bench_floatzip(data: &[u8], a: &BenchArgs, rep: &mut Vec<Measure>) -> anyhow::Result<Manifest> {
+    let opts = a.codec.options();
+    let (fz, manifest) = compress_bytes(data, opts)?;
+    anyhow::ensure!(
+        decompress_bytes(&fz)? == data,
+        "floatzip round trip differs"
+    );
+    let c = median_secs(a.runs, || Ok(compress_bytes(data, opts).map(|_| ())?))?;
+    let d = median_secs(a.runs, || Ok(decompress_bytes(&fz).map(|_| ())?))?;
+    let ratio = fz.len() as f64 / data.len() as f64;
+    rep.push(Measure {
+        name: "floatzip".into(),
+        ratio,
+        compress_mb_s: mbps(data.len(), c),
+        decompress_mb_s: mbps(data.len(), d),
+    });
+    // Decode alone: frames checked by their checksums, without the SHA-256 of the whole file.
+    let archive = FzArchive::open(fz)?;
+    let mut buf = Vec::with_capacity(data.len());
+    let d = median_secs(a.runs, || {
+        buf.clear();
+        for i in 0..archive.manifest().entries.len() {
+            archive.decode_entry_into(i, &mut buf)?;
+        }
+        Ok(())
+    })?;
+    rep.push(Measure {
+        name: "floatzip (decode only)".into(),
+        ratio,
+        compress_mb_s: 0.0,
+        decompress_mb_s: mbps(data.len(), d),
+    });
+    Ok(manifest)
+}
+
+fn bench_zstd(data: &[u8], level: i32, runs: usize, rep: &mut Vec<Measure>) -> anyhow::Result<()> {
+    let z = zstd::bulk::compress(data, level)?;
+    let c = median_secs(runs, || Ok(zstd::bulk::compress(data, level).map(|_| ())?))?;
+    let d = median_secs(runs, || {
+        Ok(zstd::bulk::decompress(&z, data.len()).map(|_| ())?)
+    })?;
+    rep.push(Measure {
+        name: format!("zstd -{level}"),
+        ratio: z.len() as f64 / data.len() as f64,
+        compress_mb_s: mbps(data.len(), c),
+        decompress_mb_s: mbps(data.len(), d),
+    });
+    Ok(())
+}
+
+fn bench_file(path: &PathBuf, a: &BenchArgs) -> anyhow::Result<FileReport> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut contenders = Vec::new();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.max(1))
+        .build()?;
+    let manifest = pool.install(|| bench_floatzip(&data, a, &mut contenders))?;
+    for level in [1, 3, 19] {
+        bench_zstd(
+            &data,
+            level,
+            if level > 9 { 1 } else { a.runs },
+            &mut contenders,
+        )?;
+    }
+    let mut by_dtype: BTreeMap<String, DtypeRow> = BTreeMap::new();
+    for e in &manifest.entries {
+        let r = by_dtype.entry(e.coded_as.to_string()).or_default();
+        r.original_bytes += e.original_len();
+        r.compressed_bytes += e.compressed_len();
+        r.floor_bytes += e.floor_bytes;
+    }
+    let floor: f64 =
+        manifest.entries.iter().map(|e| e.floor_bytes).sum::<f64>() + manifest.prefix_len as f64;
+    Ok(FileReport {
+        file: path.display().to_string(),
+        bytes: data.len() as u64,
+        floor_ratio: floor / data.len() as f64,
+        contenders,
+        by_dtype,
+    })
+}
+
+fn print_table(out: &mut impl Write, r: &FileReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} ({:.1} MB), chunk-wise order-0 floor {:.4}",
+        r.file,
+        r.bytes as f64 / 1e6,
+        r.floor_ratio
+    )?;
+    writeln!(
+        out,
+        "  {:<24} {:>7} {:>12} {:>12}",
+        "contender", "ratio", "comp MB/s", "decomp MB/s"
+    )?;
+    for m in &r.contenders {
+        writeln!(
+            out,
+            "  {:<24} {:>7.4} {:>12.0} {:>12.0}",
+            m.name, m.ratio, m.compress_mb_s, m.decompress_mb_s
+        )?;
+    }
+    for (d, row) in &r.by_dtype {
+        let orig = row.original_bytes.max(1) as f64;
+        writeln!(
+            out,
+            "  {:<10} {:>12} bytes  floatzip {:.4}  floor {:.4}",
+            d,
+            row.original_bytes,
+            row.compressed_bytes as f64 / orig,
+            row.floor_bytes / orig
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `floatzip bench`.
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut reports = Vec::new();
+    for f in &a.files {
+        let r = bench_file(f, &a)?;
+        if !a.json {
+            print_table(&mut out, &r)?;
+        }
+        reports.push(r);
+    }
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
+    }
+    Ok(())
+}

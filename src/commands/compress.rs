@@ -1,0 +1,96 @@
+//! `floatzip compress`: a file into a `.fz` container.
+
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use floatzip_codec::{compress, EncodeOptions, FrameOptions};
+
+use crate::output::{open_input, AtomicFile};
+use crate::progress::{mb, Progress};
+use crate::{OutputArgs, ThreadArgs};
+
+/// Arguments of `floatzip compress`.
+#[derive(Args)]
+pub struct CompressArgs {
+    /// The file to compress (safetensors, or any other file).
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    #[command(flatten)]
+    pub threads: ThreadArgs,
+    #[command(flatten)]
+    pub codec: CodecArgs,
+    /// No progress or summary output.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Encoder settings on the command line.
+#[derive(Args, Clone, Copy)]
+pub struct CodecArgs {
+    /// Original KiB per independently coded chunk.
+    #[arg(long, default_value_t = 256)]
+    pub chunk_kib: usize,
+    /// zstd level for chunks that hold repeats.
+    #[arg(long, default_value_t = FrameOptions::default().zstd_level)]
+    pub zstd_level: i32,
+}
+
+impl CodecArgs {
+    /// The codec options these arguments ask for.
+    pub fn options(self) -> EncodeOptions {
+        EncodeOptions {
+            chunk_bytes: self.chunk_kib.saturating_mul(1024),
+            frame: FrameOptions {
+                zstd_level: self.zstd_level,
+                ..FrameOptions::default()
+            },
+            ..EncodeOptions::default()
+        }
+    }
+}
+
+/// Runs `floatzip compress`.
+pub fn run(a: CompressArgs) -> anyhow::Result<()> {
+    let target = a.out.output.clone().unwrap_or_else(|| {
+        let mut s = a.input.clone().into_os_string();
+        s.push(".fz");
+        PathBuf::from(s)
+    });
+    let (file, len) = open_input(&a.input)?;
+    let out = AtomicFile::create(&target, a.out.force)?;
+    let started = Instant::now();
+    let reader = Progress::new(
+        BufReader::with_capacity(1 << 20, file),
+        "compress",
+        len,
+        a.quiet,
+    );
+    let (out, manifest) = a
+        .threads
+        .run(|| {
+            let mut reader = reader;
+            let r = compress(&mut reader, out, a.codec.options());
+            reader.finish();
+            r
+        })?
+        .with_context(|| format!("{}", a.input.display()))?;
+    out.commit()?;
+    let compressed = std::fs::metadata(&target)?.len();
+    if !a.quiet {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{} -> {}: {} -> {} (ratio {:.4}) in {secs:.2} s ({:.0} MB/s)",
+            a.input.display(),
+            target.display(),
+            mb(manifest.original_size),
+            mb(compressed),
+            compressed as f64 / manifest.original_size.max(1) as f64,
+            manifest.original_size as f64 / 1e6 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! One module per CLI command; each has its `Args` and a `run`.
+
+pub mod bench;
+pub mod compress;
+pub mod decompress;
+pub mod extract;
+pub mod inspect;
