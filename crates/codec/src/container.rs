@@ -47,6 +47,11 @@ pub fn parse_container_header(h: &[u8; CONTAINER_HEADER_LEN as usize]) -> Result
     if h[8] != FORMAT_VERSION {
         return Err(Error::UnsupportedVersion(h[8]));
     }
+    if h[9..16].iter().any(|&b| b != 0) {
+        return Err(Error::InvalidManifest(
+            "reserved header bytes are not zero".into(),
+        ));
+    }
     let mut len = [0u8; 8];
     len.copy_from_slice(&h[16..]);
     let prefix_len = u64::from_le_bytes(len);
