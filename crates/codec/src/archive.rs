@@ -162,26 +162,12 @@ impl<S: ReadAt> FzArchive<S> {
     }
 
     /// Decodes frames `first..last` of entry `idx`, appending to `out`.
-    fn decode_entry_frames(
-        &self,
-        idx: usize,
-        first: usize,
-        last: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<()> {
+    fn decode_entry_frames(&self, idx: usize, first: usize, last: usize, out: &mut Vec<u8>) -> Result<()> {
         if first >= last {
             return Ok(());
         }
-        let e = &self.manifest.entries[idx];
         let raw = self.read_frames(idx, first, last)?;
-        let mut frames = Vec::with_capacity(last - first);
-        let mut at = 0usize;
-        for &len in &e.frames[first..last] {
-            frames.push(&raw[at..at + len as usize]);
-            at += len as usize;
-        }
-        let label = |i: usize| (e.label(), first + i);
-        decode_frames(&frames, &label, out)
+        decode_entry_frames(&self.manifest.entries[idx], first, &raw, out)
     }
 
     /// Appends the original bytes of entry `idx` to `out`, checked by the frames'
@@ -258,6 +244,32 @@ impl<S: ReadAt> FzArchive<S> {
         }
         Ok(w)
     }
+}
+
+/// Decodes consecutive frames of `entry`, starting at frame `first`, from their compressed
+/// bytes `raw` (exactly frames `first..first + k` as stored), appending to `out`.
+///
+/// This is what a server or client that fetched a compressed range itself calls; the
+/// frame sizes come from the (validated) manifest, so `raw` must match them exactly.
+pub fn decode_entry_frames(entry: &Entry, first: usize, raw: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let mut frames = Vec::new();
+    let mut at = 0usize;
+    for &len in entry.frames.get(first..).unwrap_or(&[]) {
+        if at == raw.len() {
+            break;
+        }
+        let frame = usize::try_from(len)
+            .ok()
+            .and_then(|len| raw.get(at..at.checked_add(len)?))
+            .ok_or_else(|| Error::Truncated(format!("the frames of {} are cut short", entry.label())))?;
+        frames.push(frame);
+        at += frame.len();
+    }
+    if at != raw.len() {
+        return Err(Error::InvalidArgument(format!("bytes given for {} do not end on a frame", entry.label())));
+    }
+    let label = |i: usize| (entry.label(), first + i);
+    decode_frames(&frames, &label, out)
 }
 
 /// Checks decoded entry bytes against the entry's recorded SHA-256.

@@ -22,7 +22,7 @@ pub mod safetensors;
 mod wire;
 pub mod writer;
 
-pub use archive::{FzArchive, ReadAt};
+pub use archive::{check_entry_digest, decode_entry_frames, FzArchive, ReadAt};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use frame::FrameOptions;
