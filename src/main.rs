@@ -32,6 +32,8 @@ enum Command {
     Extract(commands::extract::ExtractArgs),
     /// Measure ratio and speed against zstd and the order-0 entropy floor.
     Bench(commands::bench::BenchArgs),
+    /// Serve models over HTTP: upload compresses, download gives the exact original bytes.
+    Serve(commands::serve::ServeArgs),
 }
 
 /// Options shared by the commands that do heavy work.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Extract(a) => commands::extract::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,6 +37,11 @@ pub struct CodecArgs {
     /// zstd level for chunks that hold repeats.
     #[arg(long, default_value_t = FrameOptions::default().zstd_level)]
     pub zstd_level: i32,
+    /// Take the smallest coding of every plane even where it decodes slower (rANS over
+    /// Huffman for exponents, Huffman over raw for near-random mantissas): ~0.3-0.5 %
+    /// smaller, about half the decode speed.
+    #[arg(long)]
+    pub favor_ratio: bool,
 }
 
 impl CodecArgs {
@@ -46,7 +51,11 @@ impl CodecArgs {
             chunk_bytes: self.chunk_kib.saturating_mul(1024),
             frame: FrameOptions {
                 zstd_level: self.zstd_level,
-                ..FrameOptions::default()
+                ..if self.favor_ratio {
+                    FrameOptions::smallest()
+                } else {
+                    FrameOptions::default()
+                }
             },
             ..EncodeOptions::default()
         }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use floatzip_codec::decompress;
+use floatzip_codec::decompress_with;
 
 use crate::output::{open_input, AtomicFile};
 use crate::progress::{mb, Progress};
@@ -21,6 +21,9 @@ pub struct DecompressArgs {
     pub out: OutputArgs,
     #[command(flatten)]
     pub threads: ThreadArgs,
+    /// Also verify the SHA-256 of the restored file (xxh3-128 is always checked).
+    #[arg(long)]
+    pub sha256: bool,
     /// No progress or summary output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -51,7 +54,7 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
         .threads
         .run(|| {
             let mut reader = reader;
-            let r = decompress(&mut reader, out);
+            let r = decompress_with(&mut reader, out, a.sha256);
             reader.finish();
             r
         })?
@@ -60,11 +63,15 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
     if !a.quiet {
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "{} -> {}: {} restored, SHA-256 {} verified, in {secs:.2} s ({:.0} MB/s)",
+            "{} -> {}: {} restored and verified ({}), in {secs:.2} s ({:.0} MB/s)",
             a.input.display(),
             target.display(),
             mb(manifest.original_size),
-            &manifest.sha256[..16],
+            if a.sha256 {
+                "xxh3-128 and SHA-256"
+            } else {
+                "xxh3-128"
+            },
             manifest.original_size as f64 / 1e6 / secs.max(1e-9)
         );
     }

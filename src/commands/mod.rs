@@ -5,3 +5,4 @@ pub mod compress;
 pub mod decompress;
 pub mod extract;
 pub mod inspect;
+pub mod serve;

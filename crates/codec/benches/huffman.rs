@@ -5,7 +5,9 @@ use floatzip_codec::coders::{huffman, Histogram};
 
 /// xorshift64*-driven draw from the weights below, so the plane is the same every run.
 fn exponent_like(n: usize) -> Vec<u8> {
-    let weights = [0.2, 0.4, 0.9, 1.7, 3.4, 6.8, 13.0, 22.0, 28.0, 18.0, 4.3, 0.3];
+    let weights = [
+        0.2, 0.4, 0.9, 1.7, 3.4, 6.8, 13.0, 22.0, 28.0, 18.0, 4.3, 0.3,
+    ];
     let total: f64 = weights.iter().sum();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     (0..n)
@@ -44,7 +46,9 @@ fn bench(c: &mut Criterion) {
         let mut out = vec![0u8; symbols.len()];
         b.iter(|| huffman::decode(black_box(&coded), &mut out))
     });
-    group.bench_function("encoded_size", |b| b.iter(|| huffman::encoded_size(black_box(&hist))));
+    group.bench_function("encoded_size", |b| {
+        b.iter(|| huffman::encoded_size(black_box(&hist)))
+    });
     group.finish();
 }
 

@@ -5,8 +5,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 
-use sha2::{Digest, Sha256};
-
 use crate::container::{
     parse_container_header, parse_manifest, parse_trailer, CONTAINER_HEADER_LEN, END_TAG,
     TRAILER_LEN,
@@ -162,7 +160,13 @@ impl<S: ReadAt> FzArchive<S> {
     }
 
     /// Decodes frames `first..last` of entry `idx`, appending to `out`.
-    fn decode_entry_frames(&self, idx: usize, first: usize, last: usize, out: &mut Vec<u8>) -> Result<()> {
+    fn decode_entry_frames(
+        &self,
+        idx: usize,
+        first: usize,
+        last: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         if first >= last {
             return Ok(());
         }
@@ -171,13 +175,13 @@ impl<S: ReadAt> FzArchive<S> {
     }
 
     /// Appends the original bytes of entry `idx` to `out`, checked by the frames'
-    /// checksums only (not the entry's SHA-256): the fastest full decode.
+    /// checksums only (not the entry's BLAKE3 digest): the fastest full decode.
     pub fn decode_entry_into(&self, idx: usize, out: &mut Vec<u8>) -> Result<()> {
         let frames = self.manifest.entries[idx].frames.len();
         self.decode_entry_frames(idx, 0, frames, out)
     }
 
-    /// The original bytes of tensor `name`, checked against its SHA-256.
+    /// The original bytes of tensor `name`, checked against its BLAKE3 digest.
     pub fn read_tensor(&self, name: &str) -> Result<Vec<u8>> {
         let idx = self
             .manifest
@@ -186,7 +190,7 @@ impl<S: ReadAt> FzArchive<S> {
         self.read_entry(idx)
     }
 
-    /// The original bytes of entry `idx`, checked against its SHA-256.
+    /// The original bytes of entry `idx`, checked against its BLAKE3 digest.
     pub fn read_entry(&self, idx: usize) -> Result<Vec<u8>> {
         let e = &self.manifest.entries[idx];
         let mut out = Vec::with_capacity(e.original_len() as usize);
@@ -224,9 +228,9 @@ impl<S: ReadAt> FzArchive<S> {
     }
 
     /// Writes the whole original to `w`, entry by entry, verifying every entry's digest
-    /// and the file's. Memory: one entry at a time.
+    /// and the file's xxh3. Memory: one entry at a time.
     pub fn write_original<W: Write>(&self, mut w: W) -> Result<W> {
-        let mut file_hash = Sha256::new();
+        let mut file_hash = xxhash_rust::xxh3::Xxh3::new();
         file_hash.update(&self.prefix);
         w.write_all(&self.prefix)?;
         for idx in 0..self.manifest.entries.len() {
@@ -234,11 +238,11 @@ impl<S: ReadAt> FzArchive<S> {
             file_hash.update(&bytes);
             w.write_all(&bytes)?;
         }
-        let actual = hex(&file_hash.finalize());
-        if actual != self.manifest.sha256 {
+        let actual = hex(&file_hash.digest128().to_be_bytes());
+        if actual != self.manifest.xxh3 {
             return Err(Error::DigestMismatch {
-                what: "the whole file".into(),
-                expected: self.manifest.sha256.clone(),
+                what: "the whole file (xxh3)".into(),
+                expected: self.manifest.xxh3.clone(),
                 actual,
             });
         }
@@ -251,7 +255,12 @@ impl<S: ReadAt> FzArchive<S> {
 ///
 /// This is what a server or client that fetched a compressed range itself calls; the
 /// frame sizes come from the (validated) manifest, so `raw` must match them exactly.
-pub fn decode_entry_frames(entry: &Entry, first: usize, raw: &[u8], out: &mut Vec<u8>) -> Result<()> {
+pub fn decode_entry_frames(
+    entry: &Entry,
+    first: usize,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let mut frames = Vec::new();
     let mut at = 0usize;
     for &len in entry.frames.get(first..).unwrap_or(&[]) {
@@ -261,24 +270,29 @@ pub fn decode_entry_frames(entry: &Entry, first: usize, raw: &[u8], out: &mut Ve
         let frame = usize::try_from(len)
             .ok()
             .and_then(|len| raw.get(at..at.checked_add(len)?))
-            .ok_or_else(|| Error::Truncated(format!("the frames of {} are cut short", entry.label())))?;
+            .ok_or_else(|| {
+                Error::Truncated(format!("the frames of {} are cut short", entry.label()))
+            })?;
         frames.push(frame);
         at += frame.len();
     }
     if at != raw.len() {
-        return Err(Error::InvalidArgument(format!("bytes given for {} do not end on a frame", entry.label())));
+        return Err(Error::InvalidArgument(format!(
+            "bytes given for {} do not end on a frame",
+            entry.label()
+        )));
     }
     let label = |i: usize| (entry.label(), first + i);
     decode_frames(&frames, &label, out)
 }
 
-/// Checks decoded entry bytes against the entry's recorded SHA-256.
+/// Checks decoded entry bytes against the entry's recorded BLAKE3 digest.
 pub fn check_entry_digest(e: &Entry, bytes: &[u8]) -> Result<()> {
-    let actual = hex(&Sha256::digest(bytes));
-    if actual != e.sha256 {
+    let actual = blake3::hash(bytes).to_hex().to_string();
+    if actual != e.blake3 {
         return Err(Error::DigestMismatch {
             what: e.label(),
-            expected: e.sha256.clone(),
+            expected: e.blake3.clone(),
             actual,
         });
     }

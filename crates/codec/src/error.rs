@@ -44,8 +44,8 @@ pub enum Error {
     /// A container manifest that is malformed or inconsistent with the container.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
-    /// Decoded bytes whose SHA-256 is not the one recorded.
-    #[error("SHA-256 mismatch for {what}: expected {expected}, got {actual}")]
+    /// Decoded bytes whose digest is not the one recorded.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch {
         /// What was hashed (a tensor name or "the whole file").
         what: String,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! frame := TAG(0xF7) varint(body_len) body
-//! body  := layout_id:u8 layout_param:u8 varint(original_len) xxh3_64(original) as u32le
+//! body  := layout_id:u8 layout_param:u8 varint(original_len) checksum:u32le
 //!          { coder_id:u8 varint(payload_len) payload }   one per plane of the layout
 //! ```
 //! A frame carries everything needed to decode it, so a stream of frames decodes without
@@ -79,6 +79,21 @@ pub struct FrameOptions {
     /// An entropy coder must beat raw storage by this fraction to be used: decoding
     /// raw bytes is a copy, so a 0.1 % gain on a near-random plane is not worth it.
     pub min_gain: f64,
+    /// rANS must beat Huffman by this fraction to be used. Huffman decodes about four
+    /// times faster; rANS pays where Huffman's whole-bit codes waste most (skewed planes
+    /// such as E8M0 scales or XOR deltas). 0 always takes the smaller.
+    pub rans_min_gain: f64,
+}
+
+impl FrameOptions {
+    /// Settings that take the smallest coding of every plane, whatever its decode speed.
+    pub fn smallest() -> Self {
+        FrameOptions {
+            min_gain: 0.0,
+            rans_min_gain: 0.0,
+            ..FrameOptions::default()
+        }
+    }
 }
 
 impl Default for FrameOptions {
@@ -86,6 +101,7 @@ impl Default for FrameOptions {
         FrameOptions {
             zstd_level: 9,
             min_gain: 0.002,
+            rans_min_gain: 0.03,
         }
     }
 }
@@ -148,8 +164,8 @@ fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
     let raw = hist.total;
     let h = huffman::encoded_size(hist);
     let r = rans::encoded_size(hist);
-    // Huffman decodes faster; rANS must win by more than its estimate's slack.
-    let best = if r + r / 200 + 8 < h {
+    // rANS must win by more than its estimate's slack, and by the configured margin.
+    let best = if ((r + 8) as f64) < h as f64 * (1.0 - opts.rans_min_gain) {
         PlaneChoice {
             coder: Coder::Rans,
             size: r,
@@ -197,10 +213,14 @@ fn varint_len(v: usize) -> usize {
     (usize::BITS - (v | 1).leading_zeros()).div_ceil(7) as usize
 }
 
-/// The frame checksum: the low 32 bits of xxh3-64. A corrupt frame that slipped past it
-/// would still fail the entry's SHA-256; 32 bits keep tiny tensors' frames small.
-fn checksum(bytes: &[u8]) -> u32 {
-    xxhash_rust::xxh3::xxh3_64(bytes) as u32
+/// The frame checksum: 32 bits of xxh3 over the decoded bytes, chained into the coded
+/// planes. The decoded bytes catch a wrong decode; the coded bytes catch corruption that
+/// happens to decode right (padding bits, unused table entries), so every changed byte of
+/// a container is an error. 32 bits keep tiny tensors' frames small; the whole-file hash
+/// backs them up.
+fn checksum(original: &[u8], coded_planes: &[u8]) -> u32 {
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+    xxh3_64_with_seed(coded_planes, xxh3_64(original)) as u32
 }
 
 /// Encodes one chunk of `dtype` elements as a frame appended to `out`.
@@ -302,20 +322,22 @@ fn write_frame(
     parts: &[(Coder, &[u8])],
     planes: Option<&[Vec<u8>]>,
 ) {
-    let mut body = Vec::with_capacity(32 + parts.iter().map(|p| p.1.len()).sum::<usize>());
-    body.push(layout.id());
-    body.push(layout.param());
-    put_varint(&mut body, chunk.len() as u64);
-    body.extend_from_slice(&checksum(chunk).to_le_bytes());
+    let mut coded = Vec::with_capacity(16 + parts.iter().map(|p| p.1.len()).sum::<usize>());
     for (i, (coder, payload)) in parts.iter().enumerate() {
         let payload: &[u8] = match (coder, planes) {
             (Coder::Raw, Some(planes)) => &planes[i],
             _ => payload,
         };
-        body.push(coder.id());
-        put_varint(&mut body, payload.len() as u64);
-        body.extend_from_slice(payload);
+        coded.push(coder.id());
+        put_varint(&mut coded, payload.len() as u64);
+        coded.extend_from_slice(payload);
     }
+    let mut body = Vec::with_capacity(16 + coded.len());
+    body.push(layout.id());
+    body.push(layout.param());
+    put_varint(&mut body, chunk.len() as u64);
+    body.extend_from_slice(&checksum(chunk, &coded).to_le_bytes());
+    body.extend_from_slice(&coded);
     out.push(FRAME_TAG);
     put_varint(out, body.len() as u64);
     out.extend_from_slice(&body);
@@ -431,7 +453,7 @@ pub fn decode_frame(h: &FrameHeader<'_>, out: &mut [u8]) -> Result<(), FrameErro
     } else {
         decode_planes(h, &parts, out)?;
     }
-    if checksum(out) != h.checksum {
+    if checksum(out, h.planes) != h.checksum {
         return Err(FrameError::Checksum);
     }
     Ok(())

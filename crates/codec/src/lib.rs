@@ -28,5 +28,5 @@ pub use error::{Error, Result};
 pub use frame::FrameOptions;
 pub use layout::Layout;
 pub use manifest::{Entry, Manifest};
-pub use reader::{decompress, decompress_bytes, FzReader};
+pub use reader::{decompress, decompress_bytes, decompress_with, FzReader};
 pub use writer::{compress, compress_bytes, EncodeOptions, FzWriter};

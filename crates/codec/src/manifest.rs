@@ -22,8 +22,10 @@ pub struct Manifest {
     pub format_version: u8,
     /// Size of the original file in bytes.
     pub original_size: u64,
-    /// SHA-256 of the original file, hex.
+    /// SHA-256 of the original file, hex: its identity (the server's ETag).
     pub sha256: String,
+    /// xxh3-128 of the original file, hex: the fast whole-file check of every decode.
+    pub xxh3: String,
     /// Length of the original's verbatim prefix (the safetensors header; 0 for other files).
     pub prefix_len: u64,
     /// Offset in the container where the first frame starts.
@@ -53,8 +55,8 @@ pub struct Entry {
     pub chunk_bytes: u64,
     /// Size in the container of each frame.
     pub frames: Vec<u64>,
-    /// SHA-256 of the entry's original bytes, hex.
-    pub sha256: String,
+    /// BLAKE3 of the entry's original bytes, hex: identifies a tensor's content.
+    pub blake3: String,
     /// Order-0 entropy of the coded planes, summed over chunks: the floor for this layout.
     pub floor_bytes: f64,
     /// How many frames used each layout.
@@ -106,8 +108,8 @@ impl Manifest {
         if self.format_version != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion(self.format_version));
         }
-        if !is_sha256_hex(&self.sha256) {
-            return bad("file sha256 is not 64 hex digits".into());
+        if !is_hex(&self.sha256, 64) || !is_hex(&self.xxh3, 32) {
+            return bad("file digests are not hex of the right length".into());
         }
         let (mut orig, mut comp) = (self.prefix_len, self.frames_offset);
         for e in &self.entries {
@@ -122,8 +124,8 @@ impl Manifest {
                     "{label}: compressed range does not follow the previous one"
                 ));
             }
-            if !is_sha256_hex(&e.sha256) {
-                return bad(format!("{label}: sha256 is not 64 hex digits"));
+            if !is_hex(&e.blake3, 64) {
+                return bad(format!("{label}: blake3 is not 64 hex digits"));
             }
             let len = e.original_len();
             if len > 0 && (e.chunk_bytes == 0 || e.chunk_bytes > MAX_CHUNK_BYTES as u64) {
@@ -178,6 +180,6 @@ impl Manifest {
     }
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::container::{container_header, manifest_and_trailer, CONTAINER_HEADER_LEN, END_TAG};
 use crate::dtype::DType;
@@ -92,7 +93,7 @@ struct EntryBuilder {
     chunk_bytes: u64,
     compressed_begin: u64,
     frames: Vec<u64>,
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     floor_bytes: f64,
     layouts: BTreeMap<String, u64>,
     coders: BTreeMap<String, u64>,
@@ -119,7 +120,7 @@ impl EntryBuilder {
             compressed: [self.compressed_begin, compressed_end],
             chunk_bytes: self.chunk_bytes,
             frames: self.frames,
-            sha256: hex(&self.hasher.finalize()),
+            blake3: self.hasher.finalize().to_hex().to_string(),
             floor_bytes: self.floor_bytes,
             layouts: self.layouts,
             coders: self.coders,
@@ -129,6 +130,20 @@ impl EntryBuilder {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The whole-file digests, updated as bytes go by.
+#[derive(Default)]
+struct FileHasher {
+    sha256: Sha256,
+    xxh3: Xxh3,
+}
+
+impl FileHasher {
+    fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        self.xxh3.update(bytes);
+    }
 }
 
 enum State {
@@ -149,10 +164,12 @@ pub struct FzWriter<W: Write> {
     state: State,
     pending: Vec<u8>,
     pending_start: u64,
-    file_hasher: Sha256,
+    file_hasher: FileHasher,
     prefix_len: u64,
     segments: Vec<Segment>,
     entries: Vec<EntryBuilder>,
+    /// The entry whose frames were written last.
+    emitted_seg: usize,
 }
 
 impl<W: Write> FzWriter<W> {
@@ -171,10 +188,11 @@ impl<W: Write> FzWriter<W> {
             state: State::Sniffing,
             pending: Vec::new(),
             pending_start: 0,
-            file_hasher: Sha256::new(),
+            file_hasher: FileHasher::default(),
             prefix_len: 0,
             segments: Vec::new(),
             entries: Vec::new(),
+            emitted_seg: 0,
         })
     }
 
@@ -231,11 +249,20 @@ impl<W: Write> FzWriter<W> {
                 chunk_bytes: self.chunk_len(s),
                 compressed_begin: self.written,
                 frames: Vec::new(),
-                hasher: Sha256::new(),
+                hasher: blake3::Hasher::new(),
                 floor_bytes: 0.0,
                 layouts: BTreeMap::new(),
                 coders: BTreeMap::new(),
             });
+        }
+    }
+
+    /// Marks every entry up to `seg` as started at the current output position: entries
+    /// are opened ahead (to hash them) but their frames begin only where they are written.
+    fn enter_segment(&mut self, seg: usize) {
+        while self.emitted_seg < seg {
+            self.emitted_seg += 1;
+            self.entries[self.emitted_seg].compressed_begin = self.written;
         }
     }
 
@@ -283,31 +310,43 @@ impl<W: Write> FzWriter<W> {
             return Ok(());
         };
         let consumed = last_off + last_len;
+        while self.entries.len() <= last_seg {
+            self.open_entry(self.entries.len());
+        }
         let pending = &self.pending;
         let opts = self.opts.frame;
         let segments = &self.segments;
-        let (frames, ()) = rayon::join(
-            || {
-                jobs.par_iter()
-                    .map(|&(s, off, len)| {
-                        let mut out = Vec::with_capacity(len / 2 + 64);
-                        let stats = encode_frame(
-                            &pending[off..off + len],
-                            segments[s].coded_as,
-                            &opts,
-                            &mut out,
-                        );
-                        (out, stats)
-                    })
-                    .collect::<Vec<_>>()
-            },
-            || self.file_hasher.update(&pending[..consumed]),
-        );
-        for (&(s, off, len), (frame, stats)) in jobs.iter().zip(frames) {
-            while self.entries.len() <= s {
-                self.open_entry(self.entries.len());
+        let (file_hasher, entries) = (&mut self.file_hasher, &mut self.entries);
+        // Hashing runs on a thread of its own, beside the encoding pool: SHA-256 alone
+        // would otherwise cost as much time as encoding on one core.
+        let frames = std::thread::scope(|scope| {
+            let hashing = scope.spawn(|| {
+                file_hasher.update(&pending[..consumed]);
+                for &(s, off, len) in &jobs {
+                    entries[s].hasher.update(&pending[off..off + len]);
+                }
+            });
+            let frames = jobs
+                .par_iter()
+                .map(|&(s, off, len)| {
+                    let mut out = Vec::with_capacity(len / 2 + 64);
+                    let stats = encode_frame(
+                        &pending[off..off + len],
+                        segments[s].coded_as,
+                        &opts,
+                        &mut out,
+                    );
+                    (out, stats)
+                })
+                .collect::<Vec<_>>();
+            // A panic while hashing is a bug in a hash crate; re-raise it here.
+            if let Err(p) = hashing.join() {
+                std::panic::resume_unwind(p);
             }
-            self.entries[s].hasher.update(&self.pending[off..off + len]);
+            frames
+        });
+        for (&(s, _, _), (frame, stats)) in jobs.iter().zip(frames) {
+            self.enter_segment(s);
             self.emit(&frame)?;
             self.entries[s].record(frame.len() as u64, &stats);
         }
@@ -348,6 +387,7 @@ impl<W: Write> FzWriter<W> {
         while self.entries.len() < self.segments.len() {
             self.open_entry(self.entries.len());
         }
+        self.enter_segment(self.segments.len().saturating_sub(1));
         let mut entries = Vec::with_capacity(self.entries.len());
         for (b, s) in std::mem::take(&mut self.entries)
             .into_iter()
@@ -374,7 +414,8 @@ impl<W: Write> FzWriter<W> {
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             original_size: end,
-            sha256: hex(&self.file_hasher.clone().finalize()),
+            sha256: hex(&self.file_hasher.sha256.clone().finalize()),
+            xxh3: hex(&self.file_hasher.xxh3.digest128().to_be_bytes()),
             prefix_len: self.prefix_len,
             frames_offset: CONTAINER_HEADER_LEN + self.prefix_len,
             entries,

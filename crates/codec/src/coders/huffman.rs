@@ -55,7 +55,10 @@ const LOOKUPS_PER_REFILL: usize = 5;
 const OUT_SLACK: usize = LOOKUPS_PER_REFILL * MAX_SYMS_PER_ENTRY as usize;
 
 fn corrupt(reason: &'static str) -> CorruptStream {
-    CorruptStream { coder: "huffman", reason }
+    CorruptStream {
+        coder: "huffman",
+        reason,
+    }
 }
 
 /// Size in bytes that [`encode`] will append for a plane with this histogram.
@@ -73,7 +76,9 @@ pub fn encoded_size(hist: &Histogram) -> usize {
         return table;
     }
     let streams = stream_count(hist.total);
-    let bits: u64 = (0..256).map(|s| hist.counts[s] as u64 * lens[s] as u64).sum();
+    let bits: u64 = (0..256)
+        .map(|s| hist.counts[s] as u64 * lens[s] as u64)
+        .sum();
     table + (streams - 1) * (size_width(hist.total, streams) + 1) + bits.div_ceil(8) as usize
 }
 
@@ -95,7 +100,9 @@ pub fn encode(symbols: &[u8], hist: &Histogram, out: &mut Vec<u8>) {
     let width = size_width(n, streams);
     let sizes_at = out.len();
     let data_at = sizes_at + (streams - 1) * width;
-    let bits: u64 = (0..256).map(|s| hist.counts[s] as u64 * lens[s] as u64).sum();
+    let bits: u64 = (0..256)
+        .map(|s| hist.counts[s] as u64 * lens[s] as u64)
+        .sum();
     // Every stream ends with a partial byte at worst, and the flushes write 8 bytes at a time.
     let room = bits.div_ceil(8) as usize + streams + 8;
     out.resize(data_at + room, 0);
@@ -194,7 +201,11 @@ fn write_lengths(lens: &[u8; 256], out: &mut Vec<u8>) {
     let count = length_nibbles(&lens[lo..=hi], &mut nibbles);
     out.push(lo as u8);
     out.push((hi - lo) as u8);
-    out.extend(nibbles[..count].chunks(2).map(|p| p[0] | p.get(1).map_or(0, |&h| h << 4)));
+    out.extend(
+        nibbles[..count]
+            .chunks(2)
+            .map(|p| p[0] | p.get(1).map_or(0, |&h| h << 4)),
+    );
 }
 
 /// Parses the code-length table; returns the lengths and the number of bytes it took.
@@ -208,7 +219,12 @@ fn read_lengths(input: &[u8]) -> Result<([u8; 256], usize), CorruptStream> {
         return Err(corrupt("code-length table runs past symbol 255"));
     }
     let packed = &input[2..];
-    let nibble = |i: usize| packed.get(i / 2).map(|b| (b >> (4 * (i % 2))) & 0xF).ok_or(truncated.clone());
+    let nibble = |i: usize| {
+        packed
+            .get(i / 2)
+            .map(|b| (b >> (4 * (i % 2))) & 0xF)
+            .ok_or(truncated.clone())
+    };
     let mut lens = [0u8; 256];
     let (mut filled, mut i) = (0, 0);
     while filled < span {
@@ -337,7 +353,11 @@ fn package_merge(w: &[u64], lens: &mut [u8]) {
         let packages = list_len[d + 1] / 2;
         let (mut i, mut j, mut m) = (0, 0, 0);
         while m < cap && (i < n || j < packages) {
-            let package = if j < packages { prev[2 * j] + prev[2 * j + 1] } else { u64::MAX };
+            let package = if j < packages {
+                prev[2 * j] + prev[2 * j + 1]
+            } else {
+                u64::MAX
+            };
             if i < n && w[i] <= package {
                 cur[m] = w[i];
                 is_leaf[d][m] = true;
@@ -471,7 +491,10 @@ impl Canonical {
             syms[next[len as usize]] = (s as u8, len);
             next[len as usize] += 1;
         }
-        Canonical { syms, n: next[MAX_LEN as usize] }
+        Canonical {
+            syms,
+            n: next[MAX_LEN as usize],
+        }
     }
 
     fn as_slice(&self) -> &[(u8, u8)] {
@@ -481,7 +504,11 @@ impl Canonical {
     /// True when the lengths fill the code space exactly (Kraft sum 1): then every table
     /// index decodes to at least one symbol.
     fn is_complete(&self) -> bool {
-        let space: u32 = self.as_slice().iter().map(|&(_, l)| 1u32 << (MAX_LEN - l as u32)).sum();
+        let space: u32 = self
+            .as_slice()
+            .iter()
+            .map(|&(_, l)| 1u32 << (MAX_LEN - l as u32))
+            .sum();
         space == TABLE_SIZE as u32
     }
 }
@@ -498,7 +525,14 @@ fn build_table(canon: &Canonical, table: &mut Table) {
 /// With canonical codes, the codes no longer than `width` are a prefix of the canonical
 /// order and tile the window from its start, so each gets a contiguous sub-range; past them
 /// no further code fits and the entry stops at `prefix`. Every entry is written once.
-fn fill_table(t: &mut [u64], codes: &[(u8, u8)], last: &LastSlot, min_len: u32, width: u32, prefix: u64) {
+fn fill_table(
+    t: &mut [u64],
+    codes: &[(u8, u8)],
+    last: &LastSlot,
+    min_len: u32,
+    width: u32,
+    prefix: u64,
+) {
     let nsyms = prefix >> 56;
     let mut at = 0;
     for &(sym, len) in codes {
@@ -642,7 +676,12 @@ fn store4<const FAST: bool>(out: &mut [u8], pos: usize, v: u32) {
         // bytes of room before its segment end (≤ out.len()); each lookup advances the cursor
         // by at most 4 (no table entry holds more than MAX_SYMS_PER_ENTRY symbols), so every
         // 4-byte store stays inside that room.
-        unsafe { out.as_mut_ptr().add(pos).cast::<u32>().write_unaligned(v.to_le()) }
+        unsafe {
+            out.as_mut_ptr()
+                .add(pos)
+                .cast::<u32>()
+                .write_unaligned(v.to_le())
+        }
     } else {
         out[pos..pos + 4].copy_from_slice(&v.to_le_bytes());
     }
@@ -707,7 +746,14 @@ fn decode4<const FAST: bool>(
 
 /// The same fast loop for one stream, to finish what `decode4` left.
 #[inline(always)]
-fn decode1<const FAST: bool>(input: &[u8], out: &mut [u8], t: &Table, rd: &mut Reader, cur: &mut usize, end: usize) {
+fn decode1<const FAST: bool>(
+    input: &[u8],
+    out: &mut [u8],
+    t: &Table,
+    rd: &mut Reader,
+    cur: &mut usize,
+    end: usize,
+) {
     while rd.next_pos() + 8 <= rd.end && *cur + OUT_SLACK <= end {
         let mut bits = rd.refill::<FAST>(input);
         for _ in 0..LOOKUPS_PER_REFILL {
@@ -742,9 +788,16 @@ fn decode_tail(input: &[u8], out: &mut [u8], t: &Table, rd: &mut Reader, cur: us
 }
 
 /// Splits the input after the table into the streams' readers, checking the stored sizes.
-fn stream_readers(input: &[u8], at: usize, streams: usize, width: usize) -> Result<[Reader; 4], CorruptStream> {
+fn stream_readers(
+    input: &[u8],
+    at: usize,
+    streams: usize,
+    width: usize,
+) -> Result<[Reader; 4], CorruptStream> {
     let sizes_end = at + (streams - 1) * width;
-    let sizes = input.get(at..sizes_end).ok_or(corrupt("truncated stream sizes"))?;
+    let sizes = input
+        .get(at..sizes_end)
+        .ok_or(corrupt("truncated stream sizes"))?;
     let mut readers = [Reader::default(); 4];
     let mut start = sizes_end;
     for (k, rd) in readers.iter_mut().enumerate().take(streams) {
@@ -758,7 +811,12 @@ fn stream_readers(input: &[u8], at: usize, streams: usize, width: usize) -> Resu
                 .filter(|&end| end <= input.len())
                 .ok_or(corrupt("stream sizes exceed the input"))?
         };
-        *rd = Reader { start, pos: start, end, nb: 0 };
+        *rd = Reader {
+            start,
+            pos: start,
+            end,
+            nb: 0,
+        };
         start = end;
     }
     Ok(readers)
@@ -785,7 +843,9 @@ fn decode_impl<const FAST: bool>(input: &[u8], out: &mut [u8]) -> Result<(), Cor
             out.fill(sym);
             return Ok(());
         }
-        _ if !canon.is_complete() => return Err(corrupt("code lengths do not form a complete prefix code")),
+        _ if !canon.is_complete() => {
+            return Err(corrupt("code lengths do not form a complete prefix code"))
+        }
         _ => {}
     }
     let streams = stream_count(n);
@@ -847,7 +907,9 @@ mod tests {
 
     /// Like a BF16 exponent plane: ~2.7 bits of entropy over a dozen values, geometric tail.
     fn exponent_like(n: usize, seed: u64) -> Vec<u8> {
-        let w = [0.2, 0.4, 0.9, 1.7, 3.4, 6.8, 13.0, 22.0, 28.0, 18.0, 4.3, 0.3];
+        let w = [
+            0.2, 0.4, 0.9, 1.7, 3.4, 6.8, 13.0, 22.0, 28.0, 18.0, 4.3, 0.3,
+        ];
         sample(n, 114, &w, seed)
     }
 
@@ -891,8 +953,10 @@ mod tests {
             return None;
         }
         let header = 2 + i.div_ceil(2);
-        let mut used: Vec<(u32, usize)> =
-            (0..span).filter(|&i| lens[i] != 0).map(|i| (lens[i] as u32, lo + i)).collect();
+        let mut used: Vec<(u32, usize)> = (0..span)
+            .filter(|&i| lens[i] != 0)
+            .map(|i| (lens[i] as u32, lo + i))
+            .collect();
         if used.iter().any(|&(l, _)| l > 11) || used.is_empty() {
             return None;
         }
@@ -928,7 +992,11 @@ mod tests {
         let mut out = Vec::with_capacity(n);
         for k in 0..streams {
             let bytes = &input[bounds[k]..bounds[k + 1]];
-            let count = if k + 1 == streams { n - k * (n / streams) } else { n / streams };
+            let count = if k + 1 == streams {
+                n - k * (n / streams)
+            } else {
+                n / streams
+            };
             let mut bit = 0usize;
             for _ in 0..count {
                 let (mut len, mut code) = (0u32, 0u32);
@@ -937,7 +1005,8 @@ mod tests {
                     code = code << 1 | (byte >> (7 - bit % 8)) as u32 & 1;
                     len += 1;
                     bit += 1;
-                    if let Some(&(_, _, s)) = codes.iter().find(|&&(l, c, _)| l == len && c == code) {
+                    if let Some(&(_, _, s)) = codes.iter().find(|&&(l, c, _)| l == len && c == code)
+                    {
                         break s;
                     }
                     if len > 11 {
@@ -946,7 +1015,8 @@ mod tests {
                 };
                 out.push(sym);
             }
-            if bit.div_ceil(8) != bytes.len() || (bit % 8 != 0 && bytes[bit / 8] << (bit % 8) != 0) {
+            if bit.div_ceil(8) != bytes.len() || (bit % 8 != 0 && bytes[bit / 8] << (bit % 8) != 0)
+            {
                 return None;
             }
         }
@@ -972,7 +1042,15 @@ mod tests {
                 let (code, len) = (codes.code[s as usize] as u32, codes.len[s as usize] as u32);
                 bits.extend((0..len).rev().map(|i| (code >> i) & 1));
             }
-            data.push(bits.chunks(8).map(|c| c.iter().enumerate().fold(0u8, |b, (i, &x)| b | (x as u8) << (7 - i))).collect());
+            data.push(
+                bits.chunks(8)
+                    .map(|c| {
+                        c.iter()
+                            .enumerate()
+                            .fold(0u8, |b, (i, &x)| b | (x as u8) << (7 - i))
+                    })
+                    .collect(),
+            );
         }
         for d in &data[..streams - 1] {
             out.extend_from_slice(&(d.len() as u32).to_le_bytes()[..width]);
@@ -990,7 +1068,11 @@ mod tests {
         let checked_result = decode_impl::<false>(input, &mut checked);
         assert_eq!(fast_result, checked_result);
         let reference = reference_decode(input, n);
-        assert_eq!(fast_result.is_ok(), reference.is_some(), "fast {fast_result:?} vs reference");
+        assert_eq!(
+            fast_result.is_ok(),
+            reference.is_some(),
+            "fast {fast_result:?} vs reference"
+        );
         fast_result?;
         assert_eq!(fast, checked);
         assert_eq!(Some(&fast), reference.as_ref());
@@ -1005,11 +1087,24 @@ mod tests {
         encode(symbols, &hist, &mut out);
         assert_eq!(&out[..3], &[0xAB; 3]);
         let coded = out.split_off(3);
-        assert_eq!(coded, reference_encode(symbols, &hist), "n = {}", symbols.len());
+        assert_eq!(
+            coded,
+            reference_encode(symbols, &hist),
+            "n = {}",
+            symbols.len()
+        );
         let estimate = encoded_size(&hist);
-        assert!(estimate >= coded.len() && estimate <= coded.len() + 3, "{estimate} vs {}", coded.len());
+        assert!(
+            estimate >= coded.len() && estimate <= coded.len() + 3,
+            "{estimate} vs {}",
+            coded.len()
+        );
         let decoded = decode_all_ways(&coded, symbols.len()).expect("valid stream rejected");
-        assert!(decoded == symbols, "round trip differs at n = {}", symbols.len());
+        assert!(
+            decoded == symbols,
+            "round trip differs at n = {}",
+            symbols.len()
+        );
         coded
     }
 
@@ -1020,7 +1115,11 @@ mod tests {
             assert!(len as u32 <= MAX_LEN);
         }
         if hist.distinct() >= 2 {
-            let kraft: u32 = lens.iter().filter(|&&l| l > 0).map(|&l| 1u32 << (MAX_LEN - l as u32)).sum();
+            let kraft: u32 = lens
+                .iter()
+                .filter(|&&l| l > 0)
+                .map(|&l| 1u32 << (MAX_LEN - l as u32))
+                .sum();
             assert_eq!(kraft, TABLE_SIZE as u32);
         }
         lens
@@ -1034,7 +1133,10 @@ mod tests {
         round_trip(&[0, 255]);
         round_trip(&[3, 3, 3, 9]);
         let alternating: Vec<u8> = (0..10_001).map(|i| (i % 2) as u8 * 200).collect();
-        assert!(round_trip(&alternating).len() < 10_001 / 8 + 15, "zero runs keep the table small");
+        assert!(
+            round_trip(&alternating).len() < 10_001 / 8 + 15,
+            "zero runs keep the table small"
+        );
         let all: Vec<u8> = (0..=255).collect();
         round_trip(&all);
         let all_repeated: Vec<u8> = (0..100_000).map(|i| (i * 7 % 256) as u8).collect();
@@ -1051,7 +1153,10 @@ mod tests {
 
     #[test]
     fn sizes_around_stream_boundaries_round_trip() {
-        let sizes = [1023, 2046, 2047, 2048, 2049, 2050, 2051, 2052, 4099, 65_537, 131_072, 131_075, 190_000, 300_001];
+        let sizes = [
+            1023, 2046, 2047, 2048, 2049, 2050, 2051, 2052, 4099, 65_537, 131_072, 131_075,
+            190_000, 300_001,
+        ];
         for (i, &n) in sizes.iter().enumerate() {
             round_trip(&exponent_like(n, i as u64 + 1));
             round_trip(&random_bytes(n, i as u64 + 100));
@@ -1073,7 +1178,9 @@ mod tests {
         data[123_457] = 2;
         round_trip(&data);
         // Counts 2^0 .. 2^17: an unlimited Huffman code would be 18 bits deep.
-        let data: Vec<u8> = (0..18).flat_map(|s| std::iter::repeat(s as u8).take(1 << s)).collect();
+        let data: Vec<u8> = (0..18)
+            .flat_map(|s| std::iter::repeat(s as u8).take(1 << s))
+            .collect();
         let lens = check_lengths(&Histogram::of(&data));
         assert_eq!(lens.iter().max(), Some(&(MAX_LEN as u8)));
         round_trip(&data);
@@ -1082,10 +1189,17 @@ mod tests {
         while fib.len() < 26 {
             fib.push(fib[fib.len() - 1] + fib[fib.len() - 2]);
         }
-        let data: Vec<u8> = fib.iter().enumerate().flat_map(|(s, &c)| std::iter::repeat(s as u8 * 9).take(c)).collect();
+        let data: Vec<u8> = fib
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &c)| std::iter::repeat(s as u8 * 9).take(c))
+            .collect();
         let hist = Histogram::of(&data);
         let mut unlimited = [0u8; 256];
-        huffman_depths(&[1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377], &mut unlimited[..14]);
+        huffman_depths(
+            &[1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
+            &mut unlimited[..14],
+        );
         assert_eq!(unlimited[0], 13, "this histogram needs limiting");
         check_lengths(&hist);
         round_trip(&data);
@@ -1095,16 +1209,52 @@ mod tests {
     #[test]
     fn package_merge_matches_independent_implementation() {
         let cases: [(u64, Vec<u64>); 4] = [
-            (273_541, (0..17).map(|k| 1 << k).chain([1, 1, 3, 7, 100, 1000]).collect()),
-            (1_371_718, vec![368, 7604, 16322, 2, 12, 32319, 1671, 7, 105, 187, 2615, 3, 8304, 1, 1, 43, 38, 815, 47, 99, 45, 3399, 19, 67, 1235, 2, 5, 2508, 41392, 62, 23085, 3, 2, 297, 12000, 149, 3063, 26, 8, 22570, 93007, 65771, 7082, 2424, 4, 4, 1486, 22, 95, 649, 364, 3, 991, 7, 7, 2, 2050, 27641, 4]),
-            (2_704_003, vec![4, 849, 9, 3495, 56, 1223, 4, 290, 11095, 118893, 41642, 35919, 963, 2401, 13, 64, 738, 8, 370, 6, 3, 2301, 34716, 697, 2, 32859, 1122, 18929, 93473, 2244, 3347, 1413, 23874, 582, 43562, 93, 37075, 7, 54, 555, 1, 57, 29, 6, 29655, 7, 8, 744, 25345, 4, 23010, 1180, 61, 6, 3321, 420, 12, 3, 10, 88965]),
-            (1_082_257, vec![721, 27, 12106, 9314, 49, 26104, 6, 8, 1769, 577, 1540, 14146, 253, 983, 6290, 34, 1017, 426, 2, 1008, 294, 3117, 15, 151, 2, 217, 35886, 243, 2, 35087, 19, 1009, 15490, 1, 579, 1216, 6978, 22923, 1086, 1, 467, 7, 2, 15791, 7795, 3219, 953, 5, 2, 968, 293, 62, 43351, 28, 1, 137, 2]),
+            (
+                273_541,
+                (0..17)
+                    .map(|k| 1 << k)
+                    .chain([1, 1, 3, 7, 100, 1000])
+                    .collect(),
+            ),
+            (
+                1_371_718,
+                vec![
+                    368, 7604, 16322, 2, 12, 32319, 1671, 7, 105, 187, 2615, 3, 8304, 1, 1, 43, 38,
+                    815, 47, 99, 45, 3399, 19, 67, 1235, 2, 5, 2508, 41392, 62, 23085, 3, 2, 297,
+                    12000, 149, 3063, 26, 8, 22570, 93007, 65771, 7082, 2424, 4, 4, 1486, 22, 95,
+                    649, 364, 3, 991, 7, 7, 2, 2050, 27641, 4,
+                ],
+            ),
+            (
+                2_704_003,
+                vec![
+                    4, 849, 9, 3495, 56, 1223, 4, 290, 11095, 118893, 41642, 35919, 963, 2401, 13,
+                    64, 738, 8, 370, 6, 3, 2301, 34716, 697, 2, 32859, 1122, 18929, 93473, 2244,
+                    3347, 1413, 23874, 582, 43562, 93, 37075, 7, 54, 555, 1, 57, 29, 6, 29655, 7,
+                    8, 744, 25345, 4, 23010, 1180, 61, 6, 3321, 420, 12, 3, 10, 88965,
+                ],
+            ),
+            (
+                1_082_257,
+                vec![
+                    721, 27, 12106, 9314, 49, 26104, 6, 8, 1769, 577, 1540, 14146, 253, 983, 6290,
+                    34, 1017, 426, 2, 1008, 294, 3117, 15, 151, 2, 217, 35886, 243, 2, 35087, 19,
+                    1009, 15490, 1, 579, 1216, 6978, 22923, 1086, 1, 467, 7, 2, 15791, 7795, 3219,
+                    953, 5, 2, 968, 293, 62, 43351, 28, 1, 137, 2,
+                ],
+            ),
         ];
         for (expected, mut w) in cases {
             w.sort_unstable();
             let mut lens = vec![0u8; w.len()];
             package_merge(&w, &mut lens);
-            assert_eq!(w.iter().zip(&lens).map(|(&w, &l)| w * l as u64).sum::<u64>(), expected);
+            assert_eq!(
+                w.iter()
+                    .zip(&lens)
+                    .map(|(&w, &l)| w * l as u64)
+                    .sum::<u64>(),
+                expected
+            );
         }
     }
 
@@ -1113,7 +1263,9 @@ mod tests {
         let mut rng = Rng(77);
         for trial in 0..500 {
             let n = 2 + rng.below(if trial % 2 == 0 { 20 } else { 255 });
-            let mut w: Vec<u64> = (0..n).map(|_| 1 + rng.next() % (1 + (rng.next() % 100_000))).collect();
+            let mut w: Vec<u64> = (0..n)
+                .map(|_| 1 + rng.next() % (1 + (rng.next() % 100_000)))
+                .collect();
             w.sort_unstable();
             let (mut huff, mut pm) = (vec![0u8; n], vec![0u8; n]);
             let fits = huffman_depths(&w, &mut huff);
@@ -1132,7 +1284,12 @@ mod tests {
 
     /// Bits an unlimited Huffman code would spend: the best any order-0 prefix code can do.
     fn unlimited_huffman_bits(hist: &Histogram) -> u64 {
-        let mut w: Vec<u64> = hist.counts.iter().filter(|&&c| c > 0).map(|&c| c as u64).collect();
+        let mut w: Vec<u64> = hist
+            .counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| c as u64)
+            .collect();
         w.sort_unstable();
         let mut depth = vec![0u8; w.len()];
         huffman_depths(&w, &mut depth);
@@ -1149,7 +1306,18 @@ mod tests {
     fn cost_is_close_to_optimal_prefix_code_and_entropy() {
         // The rare exponents of a real 128 Ki chunk of BF16 weights: they force limiting.
         let mut long_tail = exponent_like(128 * 1024, 10);
-        let tail = [(100u8, 1), (101, 1), (102, 1), (104, 1), (105, 2), (106, 2), (107, 3), (108, 4), (127, 2), (129, 1)];
+        let tail = [
+            (100u8, 1),
+            (101, 1),
+            (102, 1),
+            (104, 1),
+            (105, 2),
+            (106, 2),
+            (107, 3),
+            (108, 4),
+            (127, 2),
+            (129, 1),
+        ];
         let mut at = 0;
         for (sym, count) in tail {
             for _ in 0..count {
@@ -1157,15 +1325,26 @@ mod tests {
                 long_tail[at] = sym;
             }
         }
-        let planes = [exponent_like(128 * 1024, 9), long_tail, geometric(128 * 1024, 0.5, 3), geometric(128 * 1024, 0.9, 4)];
+        let planes = [
+            exponent_like(128 * 1024, 9),
+            long_tail,
+            geometric(128 * 1024, 0.5, 3),
+            geometric(128 * 1024, 0.9, 4),
+        ];
         for data in planes {
             let hist = Histogram::of(&data);
             let coded = round_trip(&data).len() as f64;
             let overhead = (table_bytes(&code_lengths(&hist)) + 3 * 2 + 3) as f64;
             let huffman = unlimited_huffman_bits(&hist) as f64 / 8.0;
             let entropy = hist.entropy_bytes();
-            assert!(coded <= huffman * 1.005 + overhead, "{coded} bytes vs unlimited Huffman {huffman}");
-            assert!(coded <= entropy * 1.025 + overhead, "{coded} bytes vs entropy {entropy}");
+            assert!(
+                coded <= huffman * 1.005 + overhead,
+                "{coded} bytes vs unlimited Huffman {huffman}"
+            );
+            assert!(
+                coded <= entropy * 1.025 + overhead,
+                "{coded} bytes vs entropy {entropy}"
+            );
         }
     }
 
@@ -1177,7 +1356,9 @@ mod tests {
         build_table(&canon, &mut table);
         let mean = table.iter().map(|e| (e >> 56) as f64).sum::<f64>() / TABLE_SIZE as f64;
         assert!(mean > 2.5, "mean symbols per entry {mean}");
-        assert!(table.iter().all(|&e| (e & 0xFF) <= MAX_LEN as u64 && (1..=4).contains(&(e >> 56))));
+        assert!(table
+            .iter()
+            .all(|&e| (e & 0xFF) <= MAX_LEN as u64 && (1..=4).contains(&(e >> 56))));
     }
 
     /// Hostile input must give the same verdict from all three decoders, and no panic.
@@ -1191,11 +1372,17 @@ mod tests {
             let data = exponent_like(n, seed);
             let coded = round_trip(&data);
             for len in 0..coded.len() {
-                assert!(decode_all_ways(&coded[..len], n).is_err(), "truncated to {len} accepted");
+                assert!(
+                    decode_all_ways(&coded[..len], n).is_err(),
+                    "truncated to {len} accepted"
+                );
             }
             let mut longer = coded.clone();
             longer.push(0);
-            assert!(decode_all_ways(&longer, n).is_err(), "trailing byte accepted");
+            assert!(
+                decode_all_ways(&longer, n).is_err(),
+                "trailing byte accepted"
+            );
             hostile(&coded, n - 1);
             hostile(&coded, n + 1);
             hostile(&coded, n * 2);
@@ -1260,13 +1447,23 @@ mod tests {
             v.push(lo as u8);
             v.push(coded[1]);
             let span = coded[1] as usize + 1;
-            v.extend(l[lo..lo + span].chunks(2).map(|p| p[0] | p.get(1).map_or(0, |&h| h << 4)));
+            v.extend(
+                l[lo..lo + span]
+                    .chunks(2)
+                    .map(|p| p[0] | p.get(1).map_or(0, |&h| h << 4)),
+            );
             v.extend_from_slice(payload);
             v
         };
         // Over-subscribed, incomplete, too long (12..15 fit in a nibble).
-        let shortest = (0..256).filter(|&s| lens[s] > 0).min_by_key(|&s| lens[s]).unwrap();
-        let longest = (0..256).filter(|&s| lens[s] > 0).max_by_key(|&s| lens[s]).unwrap();
+        let shortest = (0..256)
+            .filter(|&s| lens[s] > 0)
+            .min_by_key(|&s| lens[s])
+            .unwrap();
+        let longest = (0..256)
+            .filter(|&s| lens[s] > 0)
+            .max_by_key(|&s| lens[s])
+            .unwrap();
         assert!(decode_all_ways(&with_lengths(&|l| l[shortest] -= 1), n).is_err());
         assert!(decode_all_ways(&with_lengths(&|l| l[longest] += 1), n).is_err());
         for bad in 12..=15 {
