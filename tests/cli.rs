@@ -7,11 +7,17 @@ use std::process::{Command, Output};
 use sha2::{Digest, Sha256};
 
 fn floatzip(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_floatzip")).args(args).current_dir(dir).output().expect("run floatzip")
+    Command::new(env!("CARGO_BIN_EXE_floatzip"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run floatzip")
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn sha(path: &Path) -> Vec<u8> {
@@ -19,13 +25,22 @@ fn sha(path: &Path) -> Vec<u8> {
 }
 
 fn ok(o: &Output) {
-    assert!(o.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
 fn compress_decompress_round_trip_every_fixture() {
     let dir = tempfile::tempdir().unwrap();
-    let mut names: Vec<_> = std::fs::read_dir(fixture("")).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(fixture(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
     names.retain(|n| n.to_string_lossy().ends_with(".safetensors"));
     assert!(names.len() >= 11);
     for n in names {
@@ -33,7 +48,9 @@ fn compress_decompress_round_trip_every_fixture() {
         std::fs::copy(fixture(&n), dir.path().join(&n)).unwrap();
         ok(&floatzip(&["compress", &n, "--threads", "2"], dir.path()));
         let fz = dir.path().join(format!("{n}.fz"));
-        assert!(std::fs::metadata(&fz).unwrap().len() < std::fs::metadata(fixture(&n)).unwrap().len());
+        assert!(
+            std::fs::metadata(&fz).unwrap().len() < std::fs::metadata(fixture(&n)).unwrap().len()
+        );
         std::fs::remove_file(dir.path().join(&n)).unwrap();
         ok(&floatzip(&["decompress", &format!("{n}.fz")], dir.path()));
         assert_eq!(sha(&dir.path().join(&n)), sha(&fixture(&n)), "{n}");
@@ -43,29 +60,51 @@ fn compress_decompress_round_trip_every_fixture() {
 #[test]
 fn refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("minilm-mxfp4.safetensors"), dir.path().join("m.safetensors")).unwrap();
+    std::fs::copy(
+        fixture("minilm-mxfp4.safetensors"),
+        dir.path().join("m.safetensors"),
+    )
+    .unwrap();
     ok(&floatzip(&["compress", "m.safetensors", "-q"], dir.path()));
     let again = floatzip(&["compress", "m.safetensors"], dir.path());
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    ok(&floatzip(&["compress", "m.safetensors", "--force", "-q"], dir.path()));
+    ok(&floatzip(
+        &["compress", "m.safetensors", "--force", "-q"],
+        dir.path(),
+    ));
     let d = floatzip(&["decompress", "m.safetensors.fz"], dir.path());
-    assert!(!d.status.success(), "decompress must not overwrite the original");
-    ok(&floatzip(&["decompress", "m.safetensors.fz", "-o", "n.safetensors"], dir.path()));
-    assert_eq!(sha(&dir.path().join("n.safetensors")), sha(&fixture("minilm-mxfp4.safetensors")));
+    assert!(
+        !d.status.success(),
+        "decompress must not overwrite the original"
+    );
+    ok(&floatzip(
+        &["decompress", "m.safetensors.fz", "-o", "n.safetensors"],
+        dir.path(),
+    ));
+    assert_eq!(
+        sha(&dir.path().join("n.safetensors")),
+        sha(&fixture("minilm-mxfp4.safetensors"))
+    );
 }
 
 #[test]
 fn inspect_reports_every_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("minilm-nvfp4.safetensors");
-    ok(&floatzip(&["compress", src.to_str().unwrap(), "-o", "x.fz", "-q"], dir.path()));
+    ok(&floatzip(
+        &["compress", src.to_str().unwrap(), "-o", "x.fz", "-q"],
+        dir.path(),
+    ));
     let o = floatzip(&["inspect", "x.fz", "--json"], dir.path());
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let tensors = v["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), 33);
-    let w = tensors.iter().find(|t| t["name"] == "encoder.layer.0.attention.self.query.weight").unwrap();
+    let w = tensors
+        .iter()
+        .find(|t| t["name"] == "encoder.layer.0.attention.self.query.weight")
+        .unwrap();
     assert_eq!(w["dtype"], "U8");
     assert_eq!(w["coded_as"], "F4");
     assert_eq!(w["original_bytes"], 73728);
@@ -73,15 +112,31 @@ fn inspect_reports_every_tensor() {
     assert!(w["floor_ratio"].as_f64().unwrap() > 0.5);
     let table = floatzip(&["inspect", "x.fz"], dir.path());
     ok(&table);
-    assert!(String::from_utf8_lossy(&table.stdout).contains("encoder.layer.0.output.dense.weight_scale"));
+    assert!(String::from_utf8_lossy(&table.stdout)
+        .contains("encoder.layer.0.output.dense.weight_scale"));
 }
 
 #[test]
 fn extract_writes_a_valid_safetensors_subset() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("minilm-bf16.safetensors");
-    ok(&floatzip(&["compress", src.to_str().unwrap(), "-o", "x.fz", "-q"], dir.path()));
-    ok(&floatzip(&["extract", "x.fz", "--tensor", "encoder.layer.0.attention.self.*", "-n", "embeddings.LayerNorm.bias", "-o", "sub.safetensors"], dir.path()));
+    ok(&floatzip(
+        &["compress", src.to_str().unwrap(), "-o", "x.fz", "-q"],
+        dir.path(),
+    ));
+    ok(&floatzip(
+        &[
+            "extract",
+            "x.fz",
+            "--tensor",
+            "encoder.layer.0.attention.self.*",
+            "-n",
+            "embeddings.LayerNorm.bias",
+            "-o",
+            "sub.safetensors",
+        ],
+        dir.path(),
+    ));
     let original = std::fs::read(&src).unwrap();
     let original = safetensors::SafeTensors::deserialize(&original).unwrap();
     let sub = std::fs::read(dir.path().join("sub.safetensors")).unwrap();
@@ -95,7 +150,17 @@ fn extract_writes_a_valid_safetensors_subset() {
         assert_eq!(a.shape(), b.shape());
         assert_eq!(a.dtype(), b.dtype());
     }
-    let missing = floatzip(&["extract", "x.fz", "-n", "no.such.*", "-o", "none.safetensors"], dir.path());
+    let missing = floatzip(
+        &[
+            "extract",
+            "x.fz",
+            "-n",
+            "no.such.*",
+            "-o",
+            "none.safetensors",
+        ],
+        dir.path(),
+    );
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no.such"));
     assert!(!dir.path().join("none.safetensors").exists());
@@ -105,7 +170,10 @@ fn extract_writes_a_valid_safetensors_subset() {
 fn corrupt_container_fails_cleanly_and_leaves_no_output() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("minilm-f16.safetensors");
-    ok(&floatzip(&["compress", src.to_str().unwrap(), "-o", "x.fz", "-q"], dir.path()));
+    ok(&floatzip(
+        &["compress", src.to_str().unwrap(), "-o", "x.fz", "-q"],
+        dir.path(),
+    ));
     let mut fz = std::fs::read(dir.path().join("x.fz")).unwrap();
     let mid = fz.len() / 2;
     fz[mid] ^= 0x40;
@@ -113,16 +181,27 @@ fn corrupt_container_fails_cleanly_and_leaves_no_output() {
     let o = floatzip(&["decompress", "bad.fz", "-q"], dir.path());
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("bad.fz") && (err.contains("frame") || err.contains("SHA-256")), "{err}");
+    assert!(
+        err.contains("bad.fz") && (err.contains("frame") || err.contains("SHA-256")),
+        "{err}"
+    );
     assert!(!o.stderr.windows(8).any(|w| w == b"panicked"), "{err}");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(leftovers.len(), 2, "only x.fz and bad.fz: {leftovers:?}");
     // Truncated safetensors input: an error naming the problem, no .fz written.
     let st = std::fs::read(&src).unwrap();
     std::fs::write(dir.path().join("cut.safetensors"), &st[..st.len() / 2]).unwrap();
     let o = floatzip(&["compress", "cut.safetensors", "-q"], dir.path());
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("truncated"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("truncated"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(!dir.path().join("cut.safetensors.fz").exists());
 }
 
@@ -130,12 +209,28 @@ fn corrupt_container_fails_cleanly_and_leaves_no_output() {
 fn bench_reports_floatzip_zstd_and_floor() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("minilm-kv-fp8-e4m3.safetensors");
-    let o = floatzip(&["bench", src.to_str().unwrap(), "--runs", "1", "--json"], dir.path());
+    let o = floatzip(
+        &["bench", src.to_str().unwrap(), "--runs", "1", "--json"],
+        dir.path(),
+    );
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v[0]["contenders"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"floatzip") && names.contains(&"zstd -1") && names.contains(&"zstd -3"), "{names:?}");
+    let names: Vec<&str> = v[0]["contenders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"floatzip") && names.contains(&"zstd -1") && names.contains(&"zstd -3"),
+        "{names:?}"
+    );
     let floor = v[0]["floor_ratio"].as_f64().unwrap();
     assert!(floor > 0.5 && floor < 1.0);
-    assert!(v[0]["by_dtype"]["F8_E4M3"]["original_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        v[0]["by_dtype"]["F8_E4M3"]["original_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }

@@ -1513,3 +1513,32 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tmp_real {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn real_bf16_planes() {
+        let data = std::fs::read("/tmp/corpus-full/minilm-l6.bf16.safetensors").unwrap();
+        let hl = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize;
+        let body = &data[8 + hl..];
+        let mut tot = [[0f64; 4]; 2];
+        let mut prec_count = std::collections::BTreeMap::new();
+        for chunk in body.chunks_exact(256 << 10) {
+            let exp: Vec<u8> = chunk.chunks_exact(2).map(|c| (c[1] << 1) | (c[0] >> 7)).collect();
+            let sm: Vec<u8> = chunk.chunks_exact(2).map(|c| (c[1] & 0x80) | (c[0] & 0x7f)).collect();
+            for (k, plane) in [exp, sm].iter().enumerate() {
+                let h = Histogram::of(plane);
+                let plan = Plan::new(&h);
+                *prec_count.entry((k, plan.precision)).or_insert(0) += 1;
+                tot[k][0] += plan.total_bytes();
+                tot[k][1] += Plan::at(&h, 12).total_bytes();
+                tot[k][2] += Plan::at(&h, 11).total_bytes();
+                tot[k][3] += h.entropy_bytes();
+            }
+        }
+        println!("{prec_count:?}");
+        println!("{tot:?}");
+    }
+}
