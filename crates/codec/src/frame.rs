@@ -239,42 +239,28 @@ pub fn encode_frame(
             planes,
             best_planes,
         } = &mut *s;
-        let mut best: Option<(Layout, Vec<PlaneChoice>, Vec<Histogram>, usize)> = None;
-        // Per-plane headers outweigh any gain from splitting a few elements.
         let candidates = if chunk.len() < 64 {
+            // Per-plane headers outweigh any gain from splitting a few elements.
             &[Layout::Bytes][..]
         } else {
             Layout::candidates(dtype)
         };
-        for &layout in candidates {
-            if chunk.len() % layout.unit() != 0 {
-                continue;
-            }
-            layout.split(chunk, planes);
-            let hists: Vec<Histogram> = planes.iter().map(|p| Histogram::of(p)).collect();
-            let choices: Vec<PlaneChoice> = hists.iter().map(|h| choose_coder(h, opts)).collect();
-            let size: usize = choices
-                .iter()
-                .map(|c| c.size + 1 + varint_len(c.size))
-                .sum();
-            if best.as_ref().is_none_or(|b| size < b.3) {
-                std::mem::swap(planes, best_planes);
-                best = Some((layout, choices, hists, size));
-            }
+        let (layout, choices, hists, size, split_done) =
+            choose_layout(chunk, candidates, opts, planes);
+        if layout == Layout::Bytes {
+            // The one plane is the chunk itself: no copy.
+            best_planes.clear();
+        } else if split_done {
+            std::mem::swap(planes, best_planes);
+        } else {
+            layout.split(chunk, best_planes);
         }
-        let (layout, choices, hists, size) = best.unwrap_or_else(|| {
-            // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
-            Layout::Bytes.split(chunk, best_planes);
-            let h = Histogram::of(chunk);
-            let c = choose_coder(&h, opts);
-            (Layout::Bytes, vec![c], vec![h], c.size)
-        });
         let floor_bytes = hists.iter().map(|h| h.entropy_bytes()).sum();
         if looks_repetitive(chunk) {
             if let Ok(z) = zstd::bulk::compress(chunk, opts.zstd_level) {
                 if z.len() + 8 < size {
                     let coders = vec![Coder::Zstd];
-                    write_frame(out, chunk, Layout::Bytes, &[(Coder::Zstd, &z[..])], None);
+                    write_frame(out, chunk, Layout::Bytes, &[(Coder::Zstd, &z[..])], &[]);
                     let floor_bytes = Histogram::of(chunk).entropy_bytes();
                     return FrameStats {
                         layout: Layout::Bytes,
@@ -284,8 +270,13 @@ pub fn encode_frame(
                 }
             }
         }
+        let plane_refs: Vec<&[u8]> = if layout == Layout::Bytes {
+            vec![chunk]
+        } else {
+            best_planes.iter().map(|p| p.as_slice()).collect()
+        };
         let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(choices.len());
-        for ((plane, choice), hist) in best_planes.iter().zip(&choices).zip(&hists) {
+        for ((plane, choice), hist) in plane_refs.iter().zip(&choices).zip(&hists) {
             payloads.push(encode_plane(plane, hist, choice.coder));
         }
         let parts: Vec<(Coder, &[u8])> = choices
@@ -293,13 +284,58 @@ pub fn encode_frame(
             .zip(&payloads)
             .map(|(c, p)| (c.coder, p.as_slice()))
             .collect();
-        write_frame(out, chunk, layout, &parts, Some(best_planes));
+        write_frame(out, chunk, layout, &parts, &plane_refs);
         FrameStats {
             layout,
             coders: choices.iter().map(|c| c.coder).collect(),
             floor_bytes,
         }
     })
+}
+
+/// The candidate layout whose planes code smallest by the coders' estimates, with its
+/// coder choices, plane histograms, estimated size, and whether `planes` holds its split.
+/// Layouts whose planes derive from the byte histogram are compared without splitting.
+fn choose_layout(
+    chunk: &[u8],
+    candidates: &[Layout],
+    opts: &FrameOptions,
+    planes: &mut Vec<Vec<u8>>,
+) -> (Layout, Vec<PlaneChoice>, Vec<Histogram>, usize, bool) {
+    let mut byte_hist: Option<Histogram> = None;
+    let mut split: Option<Layout> = None;
+    let mut best: Option<(Layout, Vec<PlaneChoice>, Vec<Histogram>, usize)> = None;
+    for &layout in candidates {
+        if chunk.len() % layout.unit() != 0 {
+            continue;
+        }
+        let derived = match layout.derives_from_bytes() {
+            true => {
+                layout.histograms_from_bytes(byte_hist.get_or_insert_with(|| Histogram::of(chunk)))
+            }
+            false => None,
+        };
+        let hists = derived.unwrap_or_else(|| {
+            layout.split(chunk, planes);
+            split = Some(layout);
+            planes.iter().map(|p| Histogram::of(p)).collect()
+        });
+        let choices: Vec<PlaneChoice> = hists.iter().map(|h| choose_coder(h, opts)).collect();
+        let size = choices
+            .iter()
+            .map(|c| c.size + 1 + varint_len(c.size))
+            .sum();
+        if best.as_ref().is_none_or(|b| size < b.3) {
+            best = Some((layout, choices, hists, size));
+        }
+    }
+    let (layout, choices, hists, size) = best.unwrap_or_else(|| {
+        // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
+        let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
+        let c = choose_coder(&h, opts);
+        (Layout::Bytes, vec![c], vec![h], c.size)
+    });
+    (layout, choices, hists, size, split == Some(layout))
 }
 
 /// Codes one plane. Raw planes are written straight from the plane (empty payload here).
@@ -320,12 +356,12 @@ fn write_frame(
     chunk: &[u8],
     layout: Layout,
     parts: &[(Coder, &[u8])],
-    planes: Option<&[Vec<u8>]>,
+    planes: &[&[u8]],
 ) {
     let mut coded = Vec::with_capacity(16 + parts.iter().map(|p| p.1.len()).sum::<usize>());
     for (i, (coder, payload)) in parts.iter().enumerate() {
-        let payload: &[u8] = match (coder, planes) {
-            (Coder::Raw, Some(planes)) => &planes[i],
+        let payload: &[u8] = match coder {
+            Coder::Raw => planes[i],
             _ => payload,
         };
         coded.push(coder.id());

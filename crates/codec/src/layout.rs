@@ -8,6 +8,7 @@
 //! Split and merge are the hottest loops after entropy decoding; they are written as plain
 //! per-element loops over `chunks_exact`, which the compiler vectorises.
 
+use crate::coders::Histogram;
 use crate::dtype::DType;
 
 /// A way to split a chunk's bytes into planes of one-byte symbols.
@@ -120,6 +121,48 @@ impl Layout {
             Layout::Fp4Codes => PlaneLens::new(1, len * 2),
             Layout::E4m3ExpSm | Layout::E5m2ExpSm => PlaneLens::new(2, len),
             _ => PlaneLens::new(u, len / u),
+        }
+    }
+
+    /// Whether [`Layout::histograms_from_bytes`] applies to this layout.
+    pub fn derives_from_bytes(self) -> bool {
+        matches!(
+            self,
+            Layout::Bytes | Layout::E4m3ExpSm | Layout::E5m2ExpSm | Layout::Fp4Codes
+        )
+    }
+
+    /// The planes' histograms, derived from the histogram of the chunk's bytes, for the
+    /// layouts whose every plane symbol is a function of one byte. Lets the encoder
+    /// compare such layouts without splitting the chunk once per candidate.
+    pub fn histograms_from_bytes(self, bytes: &Histogram) -> Option<Vec<Histogram>> {
+        let plane = |f: &dyn Fn(usize) -> usize| {
+            let mut h = Histogram {
+                counts: [0; 256],
+                total: bytes.total,
+            };
+            for (b, &c) in bytes.counts.iter().enumerate() {
+                h.counts[f(b)] += c;
+            }
+            h
+        };
+        match self {
+            Layout::Bytes => Some(vec![bytes.clone()]),
+            Layout::E4m3ExpSm | Layout::E5m2ExpSm => {
+                let m = if self == Layout::E4m3ExpSm { 3 } else { 2 };
+                let exp = plane(&|b| (b & 0x7f) >> m);
+                let sm = plane(&|b| ((b >> 7) << m) | (b & ((1 << m) - 1)));
+                Some(vec![exp, sm])
+            }
+            Layout::Fp4Codes => {
+                let mut h = plane(&|b| b & 0x0f);
+                for (b, &c) in bytes.counts.iter().enumerate() {
+                    h.counts[b >> 4] += c;
+                }
+                h.total = bytes.total * 2;
+                Some(vec![h])
+            }
+            _ => None,
         }
     }
 
@@ -315,6 +358,23 @@ mod tests {
                     assert_eq!((l.id(), l.param()), (id, param));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn derived_histograms_equal_counted_ones() {
+        let data: Vec<u8> = (0..4099u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        let bytes = Histogram::of(&data);
+        for layout in ALL {
+            let Some(derived) = layout.histograms_from_bytes(&bytes) else {
+                continue;
+            };
+            let mut planes = Vec::new();
+            layout.split(&data, &mut planes);
+            let counted: Vec<Histogram> = planes.iter().map(|p| Histogram::of(p)).collect();
+            assert_eq!(derived, counted, "{layout:?}");
         }
     }
 
