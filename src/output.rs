@@ -72,3 +72,30 @@ pub fn open_input(path: &Path) -> anyhow::Result<(File, u64)> {
     let len = f.metadata()?.len();
     Ok((f, len))
 }
+
+/// A whole-file transformation (compress or decompress): reads `input` with progress,
+/// runs `work` on the thread pool into an atomic `target`, and commits it only if `work`
+/// succeeded. Returns what `work` returned and the seconds it took.
+pub fn transform_file<T: Send>(
+    input: &Path,
+    target: &Path,
+    out: &crate::OutputArgs,
+    threads: crate::ThreadArgs,
+    label: &'static str,
+    quiet: bool,
+    work: impl FnOnce(&mut dyn std::io::Read, AtomicFile) -> floatzip_codec::Result<(AtomicFile, T)> + Send,
+) -> anyhow::Result<(T, f64)> {
+    let (file, len) = open_input(input)?;
+    let sink = AtomicFile::create(target, out.force)?;
+    let started = std::time::Instant::now();
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut reader = crate::progress::Progress::new(reader, label, len, quiet);
+    let result = threads.run(|| {
+        let r = work(&mut reader, sink);
+        reader.finish();
+        r
+    })?;
+    let (sink, value) = result.with_context(|| format!("{}", input.display()))?;
+    sink.commit()?;
+    Ok((value, started.elapsed().as_secs_f64()))
+}

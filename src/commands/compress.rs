@@ -1,15 +1,12 @@
 //! `floatzip compress`: a file into a `.fz` container.
 
-use std::io::BufReader;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use floatzip_codec::{compress, EncodeOptions, FrameOptions};
 
-use crate::output::{open_input, AtomicFile};
-use crate::progress::{mb, Progress};
+use crate::output::transform_file;
+use crate::progress::mb;
 use crate::{OutputArgs, ThreadArgs};
 
 /// Arguments of `floatzip compress`.
@@ -69,28 +66,13 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         s.push(".fz");
         PathBuf::from(s)
     });
-    let (file, len) = open_input(&a.input)?;
-    let out = AtomicFile::create(&target, a.out.force)?;
-    let started = Instant::now();
-    let reader = Progress::new(
-        BufReader::with_capacity(1 << 20, file),
-        "compress",
-        len,
-        a.quiet,
-    );
-    let (out, manifest) = a
-        .threads
-        .run(|| {
-            let mut reader = reader;
-            let r = compress(&mut reader, out, a.codec.options());
-            reader.finish();
-            r
-        })?
-        .with_context(|| format!("{}", a.input.display()))?;
-    out.commit()?;
+    let opts = a.codec.options();
+    let (manifest, secs) =
+        transform_file(&a.input, &target, &a.out, a.threads, "compress", a.quiet, |r, sink| {
+            compress(r, sink, opts)
+        })?;
     let compressed = std::fs::metadata(&target)?.len();
     if !a.quiet {
-        let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "{} -> {}: {} -> {} (ratio {:.4}) in {secs:.2} s ({:.0} MB/s)",
             a.input.display(),

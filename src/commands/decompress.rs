@@ -1,15 +1,13 @@
 //! `floatzip decompress`: a `.fz` container back into the exact original file.
 
-use std::io::BufReader;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use floatzip_codec::decompress_with;
 
-use crate::output::{open_input, AtomicFile};
-use crate::progress::{mb, Progress};
+use crate::output::transform_file;
+use crate::progress::mb;
 use crate::{OutputArgs, ThreadArgs};
 
 /// Arguments of `floatzip decompress`.
@@ -41,27 +39,12 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
             ),
         },
     };
-    let (file, len) = open_input(&a.input)?;
-    let out = AtomicFile::create(&target, a.out.force)?;
-    let started = Instant::now();
-    let reader = Progress::new(
-        BufReader::with_capacity(1 << 20, file),
-        "decompress",
-        len,
-        a.quiet,
-    );
-    let (out, manifest) = a
-        .threads
-        .run(|| {
-            let mut reader = reader;
-            let r = decompress_with(&mut reader, out, a.sha256);
-            reader.finish();
-            r
-        })?
-        .with_context(|| format!("{}", a.input.display()))?;
-    out.commit()?;
+    let verify_sha256 = a.sha256;
+    let (manifest, secs) =
+        transform_file(&a.input, &target, &a.out, a.threads, "decompress", a.quiet, |r, sink| {
+            decompress_with(r, sink, verify_sha256)
+        })?;
     if !a.quiet {
-        let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "{} -> {}: {} restored and verified ({}), in {secs:.2} s ({:.0} MB/s)",
             a.input.display(),
