@@ -83,7 +83,8 @@ pub fn transform_file<T: Send>(
     threads: crate::ThreadArgs,
     label: &'static str,
     quiet: bool,
-    work: impl FnOnce(&mut dyn std::io::Read, AtomicFile) -> floatzip_codec::Result<(AtomicFile, T)> + Send,
+    work: impl FnOnce(&mut dyn std::io::Read, AtomicFile) -> floatzip_codec::Result<(AtomicFile, T)>
+        + Send,
 ) -> anyhow::Result<(T, f64)> {
     let (file, len) = open_input(input)?;
     let sink = AtomicFile::create(target, out.force)?;

@@ -67,10 +67,15 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         PathBuf::from(s)
     });
     let opts = a.codec.options();
-    let (manifest, secs) =
-        transform_file(&a.input, &target, &a.out, a.threads, "compress", a.quiet, |r, sink| {
-            compress(r, sink, opts)
-        })?;
+    let (manifest, secs) = transform_file(
+        &a.input,
+        &target,
+        &a.out,
+        a.threads,
+        "compress",
+        a.quiet,
+        |r, sink| compress(r, sink, opts),
+    )?;
     let compressed = std::fs::metadata(&target)?.len();
     if !a.quiet {
         eprintln!(

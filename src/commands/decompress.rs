@@ -40,10 +40,15 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
         },
     };
     let verify_sha256 = a.sha256;
-    let (manifest, secs) =
-        transform_file(&a.input, &target, &a.out, a.threads, "decompress", a.quiet, |r, sink| {
-            decompress_with(r, sink, verify_sha256)
-        })?;
+    let (manifest, secs) = transform_file(
+        &a.input,
+        &target,
+        &a.out,
+        a.threads,
+        "decompress",
+        a.quiet,
+        |r, sink| decompress_with(r, sink, verify_sha256),
+    )?;
     if !a.quiet {
         eprintln!(
             "{} -> {}: {} restored and verified ({}), in {secs:.2} s ({:.0} MB/s)",
