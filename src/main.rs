@@ -34,6 +34,10 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Serve models over HTTP: upload compresses, download gives the exact original bytes.
     Serve(commands::serve::ServeArgs),
+    /// Download a model file (or chosen tensors) from a floatzip server, verified.
+    Pull(commands::pull::PullArgs),
+    /// Upload a file to a floatzip server, which compresses it as it arrives.
+    Push(commands::push::PushArgs),
 }
 
 /// Options shared by the commands that do heavy work.
@@ -76,6 +80,8 @@ fn main() -> ExitCode {
         Command::Extract(a) => commands::extract::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Pull(a) => commands::pull::run(a),
+        Command::Push(a) => commands::push::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,10 @@ pub struct CodecArgs {
     /// smaller, about half the decode speed.
     #[arg(long)]
     pub favor_ratio: bool,
+    /// Use rANS instead of Huffman on a plane only where it is at least this fraction
+    /// smaller (0 = always the smaller).
+    #[arg(long, default_value_t = FrameOptions::default().rans_min_gain)]
+    pub rans_min_gain: f64,
 }
 
 impl CodecArgs {
@@ -46,12 +50,16 @@ impl CodecArgs {
     pub fn options(self) -> EncodeOptions {
         EncodeOptions {
             chunk_bytes: self.chunk_kib.saturating_mul(1024),
-            frame: FrameOptions {
-                zstd_level: self.zstd_level,
-                ..if self.favor_ratio {
-                    FrameOptions::smallest()
-                } else {
-                    FrameOptions::default()
+            frame: if self.favor_ratio {
+                FrameOptions {
+                    zstd_level: self.zstd_level,
+                    ..FrameOptions::smallest()
+                }
+            } else {
+                FrameOptions {
+                    zstd_level: self.zstd_level,
+                    rans_min_gain: self.rans_min_gain,
+                    ..FrameOptions::default()
                 }
             },
             ..EncodeOptions::default()

@@ -5,4 +5,6 @@ pub mod compress;
 pub mod decompress;
 pub mod extract;
 pub mod inspect;
+pub mod pull;
+pub mod push;
 pub mod serve;

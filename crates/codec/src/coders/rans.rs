@@ -863,8 +863,12 @@ fn decode_slots<T: SlotTable>(
         (8, 14) => decode_lanes::<8, 14, T>(table, s.precision, words, states, out, false),
         (8, 16) => decode_lanes::<8, 16, T>(table, s.precision, words, states, out, false),
         (8, _) => decode_lanes::<8, 0, T>(table, s.precision, words, states, out, false),
-        (WIDE_LANES, 12) => decode_lanes::<WIDE_LANES, 12, T>(table, s.precision, words, states, out, simd),
-        (WIDE_LANES, _) => decode_lanes::<WIDE_LANES, 0, T>(table, s.precision, words, states, out, simd),
+        (WIDE_LANES, 12) => {
+            decode_lanes::<WIDE_LANES, 12, T>(table, s.precision, words, states, out, simd)
+        }
+        (WIDE_LANES, _) => {
+            decode_lanes::<WIDE_LANES, 0, T>(table, s.precision, words, states, out, simd)
+        }
         _ => Err(corrupt("unsupported lane count")),
     }
 }
@@ -985,7 +989,9 @@ fn decode_lanes<const N: usize, const P: u32, T: SlotTable>(
             // SAFETY: AVX2 is available (checked just above), the table has exactly
             // `2^precision` entries (asserted above) and `pos == words.len()`.
             done = unsafe {
-                simd::decode_avx2::<{ WIDE_LANES / 8 }>(packed, precision, lanes, words, &mut pos, out)
+                simd::decode_avx2::<{ WIDE_LANES / 8 }>(
+                    packed, precision, lanes, words, &mut pos, out,
+                )
             };
         }
     }
@@ -1140,10 +1146,8 @@ mod simd {
                 let (a, b) = (e[2 * pair], e[2 * pair + 1]);
                 let words16 =
                     _mm256_packus_epi32(_mm256_and_si256(a, low8), _mm256_and_si256(b, low8));
-                let bytes = _mm256_permutevar8x32_epi32(
-                    _mm256_packus_epi16(words16, words16),
-                    interleave,
-                );
+                let bytes =
+                    _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words16, words16), interleave);
                 // SAFETY: `done + 16 * pair + 16 <= done + 8 V <= out.len()`.
                 unsafe {
                     _mm_storeu_si128(
@@ -1879,4 +1883,3 @@ mod tests {
         }
     }
 }
-

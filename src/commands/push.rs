@@ -1,0 +1,48 @@
+//! `floatzip push`: upload a file to a floatzip server, which compresses it as it arrives.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use floatzip_client::{block_on, Client, FileUrl};
+
+/// Arguments of `floatzip push`.
+#[derive(Args)]
+pub struct PushArgs {
+    /// The local file to upload.
+    pub file: PathBuf,
+    /// Where to store it: http://HOST:PORT/v1/models/ORG/NAME/FILE
+    pub url: String,
+    /// Bearer token with write access.
+    #[arg(long)]
+    pub token: String,
+    /// No summary.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Runs `floatzip push`.
+pub fn run(a: PushArgs) -> anyhow::Result<()> {
+    let u = FileUrl::parse(&a.url)?;
+    let remote = Client::builder(&u.base)
+        .token(&a.token)
+        .build()?
+        .file(&u.repo, &u.file)?;
+    let started = std::time::Instant::now();
+    let s = block_on(remote.upload(&a.file))?
+        .with_context(|| format!("push {} to {}", a.file.display(), a.url))?;
+    if !a.quiet {
+        eprintln!(
+            "{} -> {}: {:.1} MB sent, {:.1} MB stored ({:.1}%), {} tensors, {:.2} s{}",
+            a.file.display(),
+            a.url,
+            s.bytes_in as f64 / 1e6,
+            s.bytes_stored as f64 / 1e6,
+            100.0 * s.ratio,
+            s.tensors,
+            started.elapsed().as_secs_f64(),
+            if s.replaced { " (replaced)" } else { "" }
+        );
+    }
+    Ok(())
+}
