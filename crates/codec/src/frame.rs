@@ -101,7 +101,7 @@ impl Default for FrameOptions {
         FrameOptions {
             zstd_level: 9,
             min_gain: 0.002,
-            rans_min_gain: 0.03,
+            rans_min_gain: 0.005,
         }
     }
 }

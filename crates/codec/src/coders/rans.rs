@@ -31,6 +31,10 @@ const MAX_PRECISION: u32 = 16;
 const FAST_PRECISION: u32 = 12;
 /// Higher precisions tried for skewed planes, where the rare symbols' minimum share is the loss.
 const FINE_PRECISIONS: [u32; 2] = [14, MAX_PRECISION];
+/// Fraction of the size each extra bit of precision must save: finer tables fall off the
+/// SIMD decoder onto the scalar one (about three times slower), so a few tenths of a
+/// percent on a large plane (FP8 bytes) are not worth it; skewed planes gain far more.
+const FINE_PRECISION_MIN_GAIN: f64 = 0.005;
 /// Lane counts by the tag's lane code (bits 2-3).
 const LANE_COUNTS: [usize; 4] = [1, 4, 8, WIDE_LANES];
 /// Lanes for large planes: four AVX2 vectors of eight, enough independent chains to mostly hide
@@ -144,7 +148,8 @@ impl Plan {
             let candidate = Plan::at(hist, precision);
             // Each extra bit of precision must save 0.1% and a byte: bigger tables decode slower.
             let bits_more = (precision - best.precision) as f64;
-            let worth_it = best.total_bytes() * (1.0 - 0.001 * bits_more) - bits_more;
+            let worth_it =
+                best.total_bytes() * (1.0 - FINE_PRECISION_MIN_GAIN * bits_more) - bits_more;
             if candidate.total_bytes() < worth_it {
                 best = candidate;
             }
