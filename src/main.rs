@@ -38,6 +38,8 @@ enum Command {
     Pull(commands::pull::PullArgs),
     /// Upload a file to a floatzip server, which compresses it as it arrives.
     Push(commands::push::PushArgs),
+    /// Upload a whole model folder to a floatzip server as one Hub revision.
+    PushDir(commands::push_dir::PushDirArgs),
 }
 
 /// Options shared by the commands that do heavy work.
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => commands::serve::run(a),
         Command::Pull(a) => commands::pull::run(a),
         Command::Push(a) => commands::push::run(a),
+        Command::PushDir(a) => commands::push_dir::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
+use std::io::Write;
+
+use anyhow::Context;
 use clap::Args;
-use floatzip_codec::{compress, EncodeOptions, FrameOptions};
+use floatzip_codec::{compress, compress_delta, EncodeOptions, FrameOptions};
 
 use crate::output::transform_file;
 use crate::progress::mb;
@@ -20,6 +23,10 @@ pub struct CompressArgs {
     pub threads: ThreadArgs,
     #[command(flatten)]
     pub codec: CodecArgs,
+    /// Code each tensor as the XOR with the same tensor of this earlier checkpoint (the
+    /// original safetensors file) where that is smaller. Decoding then needs this file.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// No progress or summary output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -75,6 +82,10 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         PathBuf::from(s)
     });
     let opts = a.codec.options();
+    let base = match &a.base {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("{}", p.display()))?),
+        None => None,
+    };
     let (manifest, secs) = transform_file(
         &a.input,
         &target,
@@ -82,7 +93,16 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         a.threads,
         "compress",
         a.quiet,
-        |r, sink| compress(r, sink, opts),
+        |r, mut sink| match &base {
+            None => compress(r, sink, opts),
+            Some(base) => {
+                let mut new = Vec::new();
+                r.read_to_end(&mut new)?;
+                let (fz, manifest) = compress_delta(&new, base, opts)?;
+                sink.write_all(&fz)?;
+                Ok((sink, manifest))
+            }
+        },
     )?;
     let compressed = std::fs::metadata(&target)?.len();
     if !a.quiet {

@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use std::io::Write;
+
+use anyhow::{bail, Context};
 use clap::Args;
-use floatzip_codec::decompress_with;
+use floatzip_codec::{decompress_delta, decompress_with, FzArchive};
 
 use crate::output::transform_file;
 use crate::progress::mb;
@@ -22,6 +24,10 @@ pub struct DecompressArgs {
     /// Also verify the SHA-256 of the restored file (xxh3-128 is always checked).
     #[arg(long)]
     pub sha256: bool,
+    /// The original base safetensors file a delta container (`compress --base`) was
+    /// coded against.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// No progress or summary output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -40,6 +46,10 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
         },
     };
     let verify_sha256 = a.sha256;
+    let base = match &a.base {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("{}", p.display()))?),
+        None => None,
+    };
     let (manifest, secs) = transform_file(
         &a.input,
         &target,
@@ -47,7 +57,18 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
         a.threads,
         "decompress",
         a.quiet,
-        |r, sink| decompress_with(r, sink, verify_sha256),
+        |r, mut sink| match &base {
+            None => decompress_with(r, sink, verify_sha256),
+            Some(base) => {
+                let mut fz = Vec::new();
+                r.read_to_end(&mut fz)?;
+                // Checks every entry's BLAKE3 and the file's SHA-256.
+                let original = decompress_delta(&fz, base)?;
+                let manifest = FzArchive::open(fz)?.manifest().clone();
+                sink.write_all(&original)?;
+                Ok((sink, manifest))
+            }
+        },
     )?;
     if !a.quiet {
         eprintln!(
@@ -55,7 +76,9 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
             a.input.display(),
             target.display(),
             mb(manifest.original_size),
-            if a.sha256 {
+            if a.base.is_some() {
+                "BLAKE3 per tensor and SHA-256"
+            } else if a.sha256 {
                 "xxh3-128 and SHA-256"
             } else {
                 "xxh3-128"

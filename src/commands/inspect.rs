@@ -57,7 +57,11 @@ fn row(e: &Entry) -> Row<'_> {
         ratio: e.compressed_len() as f64 / orig,
         floor_ratio: e.floor_bytes / orig,
         layouts: summary(&e.layouts),
-        coders: summary(&e.coders),
+        coders: if e.delta {
+            format!("delta(xor base) {}", summary(&e.coders))
+        } else {
+            summary(&e.coders)
+        },
     }
 }
 
@@ -76,6 +80,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             "container_size": size,
             "ratio": total_ratio,
             "sha256": m.sha256,
+            "base": m.base,
             "tensors": rows,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -111,5 +116,13 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         "total: {} -> {} bytes, ratio {total_ratio:.4}; sha256 {}",
         m.original_size, size, m.sha256
     )?;
+    if let Some(b) = &m.base {
+        let deltas = m.entries.iter().filter(|e| e.delta).count();
+        writeln!(
+            out,
+            "delta container: {deltas} tensors coded as XOR with base sha256 {} ({} bytes); the rest standalone",
+            b.sha256, b.size
+        )?;
+    }
     Ok(())
 }

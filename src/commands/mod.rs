@@ -7,4 +7,5 @@ pub mod extract;
 pub mod inspect;
 pub mod pull;
 pub mod push;
+pub mod push_dir;
 pub mod serve;

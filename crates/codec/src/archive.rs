@@ -46,6 +46,15 @@ impl ReadAt for [u8] {
     }
 }
 
+impl ReadAt for &[u8] {
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+}
+
 impl ReadAt for Vec<u8> {
     fn size(&self) -> io::Result<u64> {
         self.as_slice().size()
@@ -174,6 +183,17 @@ impl<S: ReadAt> FzArchive<S> {
         decode_entry_frames(&self.manifest.entries[idx], first, &raw, out)
     }
 
+    /// Appends the stored bytes of entry `idx` to `out` (for a delta entry, the XOR with
+    /// its base tensor), checked by the frames' checksums only.
+    pub(crate) fn decode_entry_stored(&self, idx: usize, out: &mut Vec<u8>) -> Result<()> {
+        let e = &self.manifest.entries[idx];
+        if e.frames.is_empty() {
+            return Ok(());
+        }
+        let raw = self.read_frames(idx, 0, e.frames.len())?;
+        decode_entry_frames_raw(e, 0, &raw, out)
+    }
+
     /// Appends the original bytes of entry `idx` to `out`, checked by the frames'
     /// checksums only (not the entry's BLAKE3 digest): the fastest full decode.
     pub fn decode_entry_into(&self, idx: usize, out: &mut Vec<u8>) -> Result<()> {
@@ -255,7 +275,23 @@ impl<S: ReadAt> FzArchive<S> {
 ///
 /// This is what a server or client that fetched a compressed range itself calls; the
 /// frame sizes come from the (validated) manifest, so `raw` must match them exactly.
+///
+/// A delta entry ([`Entry::delta`]) is an [`Error::BaseRequired`]: its frames hold an XOR
+/// with a base tensor; [`crate::delta`] decodes those.
 pub fn decode_entry_frames(
+    entry: &Entry,
+    first: usize,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    if entry.delta {
+        return Err(Error::BaseRequired(entry.label()));
+    }
+    decode_entry_frames_raw(entry, first, raw, out)
+}
+
+/// [`decode_entry_frames`] without the delta check: the frames' bytes as stored.
+pub(crate) fn decode_entry_frames_raw(
     entry: &Entry,
     first: usize,
     raw: &[u8],

@@ -77,6 +77,22 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// A K/V block ([`crate::kv`]) whose header is malformed or inconsistent.
+    #[error("corrupt K/V block: {0}")]
+    CorruptKvBlock(String),
+    /// Delta-coded data ([`crate::delta`]) read without the base file it was coded against.
+    #[error("{0} is delta-coded against a base file: pass the base (--base)")]
+    BaseRequired(String),
+    /// The base file given is not the one the delta was coded against.
+    #[error("wrong base for {what}: expected digest {expected}, got {actual}")]
+    BaseMismatch {
+        /// What was checked (the base file, or a tensor of it).
+        what: String,
+        /// The digest recorded when encoding.
+        expected: String,
+        /// The digest of the base given.
+        actual: String,
+    },
     /// Bad options or arguments from the caller.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

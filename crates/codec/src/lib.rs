@@ -8,13 +8,17 @@
 //! - compress: [`compress`] / [`compress_bytes`] / [`FzWriter`] (streaming `Write`)
 //! - decompress: [`decompress`] / [`decompress_bytes`] / [`FzReader`] (streaming `Read`)
 //! - random access: [`FzArchive`] (one tensor, or any byte range)
+//! - delta against a base checkpoint: [`compress_delta`] / [`decompress_delta`] ([`delta`])
+//! - K/V cache blocks, coded per channel group: [`kv`]
 
 pub mod archive;
 pub mod coders;
 pub mod container;
+pub mod delta;
 pub mod dtype;
 pub mod error;
 pub mod frame;
+pub mod kv;
 pub mod layout;
 pub mod manifest;
 pub mod reader;
@@ -23,6 +27,7 @@ mod wire;
 pub mod writer;
 
 pub use archive::{check_entry_digest, decode_entry_frames, FzArchive, ReadAt};
+pub use delta::{compress_delta, decompress_delta};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use frame::FrameOptions;

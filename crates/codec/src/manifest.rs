@@ -32,6 +32,20 @@ pub struct Manifest {
     pub frames_offset: u64,
     /// Every byte range of the original after the prefix, in order, without gaps.
     pub entries: Vec<Entry>,
+    /// The base file that delta-coded entries were XORed against ([`crate::delta`]);
+    /// `None` for a standalone container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+}
+
+/// Identity of the base file of a delta container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseRef {
+    /// SHA-256 of the whole base file, hex.
+    pub sha256: String,
+    /// Size of the base file in bytes.
+    pub size: u64,
 }
 
 /// One byte range of the original: a tensor, or bytes that are not a tensor.
@@ -65,6 +79,17 @@ pub struct Entry {
     /// How many planes used each coder.
     #[serde(default)]
     pub coders: BTreeMap<String, u64>,
+    /// Whether the frames hold the XOR of this tensor with the base's tensor of the same
+    /// name, dtype and shape (see [`crate::delta`]) rather than the tensor itself.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delta: bool,
+    /// BLAKE3 of the base tensor a delta entry was XORed against, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_blake3: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Entry {
@@ -111,6 +136,9 @@ impl Manifest {
         if !is_hex(&self.sha256, 64) || !is_hex(&self.xxh3, 32) {
             return bad("file digests are not hex of the right length".into());
         }
+        if self.base.as_ref().is_some_and(|b| !is_hex(&b.sha256, 64)) {
+            return bad("base digest is not 64 hex digits".into());
+        }
         let (mut orig, mut comp) = (self.prefix_len, self.frames_offset);
         for e in &self.entries {
             let label = e.label();
@@ -126,6 +154,11 @@ impl Manifest {
             }
             if !is_hex(&e.blake3, 64) {
                 return bad(format!("{label}: blake3 is not 64 hex digits"));
+            }
+            match (&e.base_blake3, e.delta) {
+                (None, false) => {}
+                (Some(b), true) if is_hex(b, 64) && self.base.is_some() && e.name.is_some() => {}
+                _ => return bad(format!("{label}: inconsistent delta fields")),
             }
             let len = e.original_len();
             if len > 0 && (e.chunk_bytes == 0 || e.chunk_bytes > MAX_CHUNK_BYTES as u64) {

@@ -257,6 +257,9 @@ impl<R: Read> FzReader<R> {
             ));
         }
         let m = parse_manifest(json, &t)?;
+        if m.base.is_some() {
+            return Err(Error::BaseRequired("this container".into()));
+        }
         if m.original_size != self.emitted {
             return Err(Error::InvalidManifest(format!(
                 "manifest says {} original bytes, the frames gave {}",

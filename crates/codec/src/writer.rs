@@ -124,6 +124,8 @@ impl EntryBuilder {
             floor_bytes: self.floor_bytes,
             layouts: self.layouts,
             coders: self.coders,
+            delta: false,
+            base_blake3: None,
         }
     }
 }
@@ -419,6 +421,7 @@ impl<W: Write> FzWriter<W> {
             prefix_len: self.prefix_len,
             frames_offset: CONTAINER_HEADER_LEN + self.prefix_len,
             entries,
+            base: None,
         };
         debug_assert!(manifest.validate(frames_end).is_ok());
         let tail = manifest_and_trailer(&manifest, self.written);

@@ -7,6 +7,7 @@
 //! - [`upload`] / [`download`] — the streaming pipelines
 //! - [`storage`] — the layout on any `object_store` backend (local directory or S3)
 //! - [`error`] — the one mapping from failures to HTTP responses
+//! - [`hub`] — a read-only Hugging Face Hub mirror (revisions, `resolve`, model info)
 //!
 //! Start it with [`start`] (tests, embedding) or [`run_until_signal`] (the CLI).
 
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod download;
 pub mod error;
+pub mod hub;
 pub mod metrics;
 pub mod names;
 pub mod ranges;

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/blobs/{blob}", get(get_blob))
         .merge(file_routes)
+        .merge(crate::hub::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
@@ -242,6 +243,8 @@ async fn put_file(
         }
         Ok((f, declared, content_length))
     })();
+    // Unless deferred, a successful upload records a Hub revision ([`crate::hub`]).
+    let record = !headers.contains_key(crate::hub::DEFER_HEADER);
     let (f, declared, content_length) = match checked {
         Ok(v) => v,
         Err(e) => {
@@ -253,22 +256,34 @@ async fn put_file(
     };
     // A tracked task: it finishes (or cleans up) even if this handler is dropped, and
     // shutdown waits for it.
-    let task = st
-        .tasks
-        .spawn(upload::run(st.clone(), f, declared, content_length, body));
+    let st2 = st.clone();
+    let task = st.tasks.spawn(async move {
+        let (org, name) = (f.org.clone(), f.name.clone());
+        let summary = upload::run(st2.clone(), f, declared, content_length, body).await?;
+        let revision = match record {
+            true => crate::hub::record_revision(&st2, &org, &name).await?,
+            false => None,
+        };
+        Ok::<_, ApiError>((summary, revision))
+    });
     let result = task
         .await
         .map_err(|e| ApiError::Internal(format!("upload task: {e}")))?;
     use std::sync::atomic::Ordering::Relaxed;
     match result {
-        Ok(summary) => {
+        Ok((summary, revision)) => {
             st.metrics.uploads_ok.fetch_add(1, Relaxed);
             let status = if summary.replaced {
                 StatusCode::OK
             } else {
                 StatusCode::CREATED
             };
-            Ok((status, Json(summary)).into_response())
+            let mut body =
+                serde_json::to_value(&summary).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let (Some(r), Some(o)) = (revision, body.as_object_mut()) {
+                o.insert("revision".into(), r.into());
+            }
+            Ok((status, Json(body)).into_response())
         }
         Err(e) => {
             st.metrics.uploads_failed.fetch_add(1, Relaxed);
@@ -332,6 +347,7 @@ async fn delete_file(
     if !st.storage.delete_pointer(&f).await? {
         return Err(ApiError::NotFound(f.display()));
     }
+    crate::hub::record_revision(&st, &f.org, &f.name).await?;
     st.storage.collect_blob(&ptr.blob).await?;
     tracing::info!(path = %f.display(), "deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -217,6 +217,11 @@ impl Storage {
         })
     }
 
+    /// The underlying object store, for layouts kept by other modules ([`crate::hub`]).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     /// Checks the backend answers (lists one key).
     pub async fn ping(&self) -> Result<(), ApiError> {
         let mut s = self.store.list(Some(&Path::from("models")));
@@ -404,7 +409,9 @@ impl Storage {
     /// pointing at a removed blob (its reads then fail with `storage_error` until it is
     /// uploaded again). Deletes are rare and explicit; replicas need no coordination.
     pub async fn collect_blob(&self, blob: &str) -> Result<(), ApiError> {
-        let still_used = self.list_pointers().await?.iter().any(|p| p.blob == blob);
+        // Files of Hub revisions keep their blobs too, so old revisions stay downloadable.
+        let still_used = self.list_pointers().await?.iter().any(|p| p.blob == blob)
+            || crate::hub::blob_in_revisions(self, blob).await?;
         if !still_used {
             self.delete_blob(blob).await?;
         }
