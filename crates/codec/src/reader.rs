@@ -30,6 +30,22 @@ pub(crate) fn decode_frames(
     label: &(dyn Fn(usize) -> (String, usize) + Sync),
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    decode_frames_into(frames, label, out, Fill::Append)
+}
+
+/// Whether decoded bytes go after what `out` holds, or replace it.
+#[derive(Clone, Copy)]
+enum Fill {
+    Append,
+    Replace,
+}
+
+fn decode_frames_into(
+    frames: &[&[u8]],
+    label: &(dyn Fn(usize) -> (String, usize) + Sync),
+    out: &mut Vec<u8>,
+    fill: Fill,
+) -> Result<()> {
     let corrupt = |i: usize, e: FrameError| {
         let (entry, frame) = label(i);
         match e {
@@ -52,9 +68,24 @@ pub(crate) fn decode_frames(
         }
         headers.push(h);
     }
-    let start = out.len();
     let total: usize = headers.iter().map(|h| h.original_len).sum();
-    out.resize(start + total, 0);
+    let start = match fill {
+        Fill::Append => {
+            let start = out.len();
+            out.resize(start + total, 0);
+            start
+        }
+        Fill::Replace => {
+            // Reuse the bytes already there instead of zeroing them again: a streaming
+            // reader's batches are the same size, so after the first this costs nothing.
+            if out.len() > total {
+                out.truncate(total);
+            } else {
+                out.resize(total, 0);
+            }
+            0
+        }
+    };
     let mut slices = Vec::with_capacity(headers.len());
     let mut rest = &mut out[start..];
     for h in &headers {
@@ -87,6 +118,8 @@ enum Phase {
     Start,
     Frames,
     Done,
+    /// An error was returned; nothing more is read or handed out.
+    Failed,
 }
 
 /// A `Read` that yields the original bytes of a `.fz` stream.
@@ -219,7 +252,6 @@ impl<R: Read> FzReader<R> {
         let first = self.frames_read;
         let emitted = self.emitted;
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
-        self.buf.clear();
         self.buf_pos = 0;
         let label = |i: usize| {
             (
@@ -230,7 +262,7 @@ impl<R: Read> FzReader<R> {
                 first + i,
             )
         };
-        decode_frames(&refs, &label, &mut self.buf)?;
+        decode_frames_into(&refs, &label, &mut self.buf, Fill::Replace)?;
         self.frames_read += frames.len();
         if ended {
             self.phase = Phase::Done;
@@ -290,8 +322,24 @@ impl<R: Read> FzReader<R> {
         Ok(())
     }
 
-    /// Fills the buffer if it is used up; `Ok(false)` at the verified end.
+    /// Fills the buffer if it is used up; `Ok(false)` at the verified end. After an error
+    /// the reader stays failed: it never hands out the bytes of a batch that did not decode.
     fn refill(&mut self) -> Result<bool> {
+        if let Phase::Failed = self.phase {
+            return Err(Error::InvalidArgument(
+                "the stream already failed to decode".into(),
+            ));
+        }
+        let r = self.refill_inner();
+        if r.is_err() {
+            self.phase = Phase::Failed;
+            self.buf.clear();
+            self.buf_pos = 0;
+        }
+        r
+    }
+
+    fn refill_inner(&mut self) -> Result<bool> {
         while self.buf_pos == self.buf.len() {
             match self.phase {
                 Phase::Start => self.start()?,
@@ -301,6 +349,11 @@ impl<R: Read> FzReader<R> {
                     return Ok(false);
                 }
                 Phase::Done => return Ok(false),
+                Phase::Failed => {
+                    return Err(Error::InvalidArgument(
+                        "the stream already failed to decode".into(),
+                    ))
+                }
             }
             self.xxh3.update(&self.buf);
             if let Some(sha) = &mut self.sha256 {

@@ -221,3 +221,32 @@ fn gaps_and_trailing_bytes_round_trip() {
     let names: Vec<_> = m.entries.iter().map(|e| e.name.clone()).collect();
     assert_eq!(names, [None, Some("a".to_string()), None]);
 }
+
+#[test]
+fn a_failed_stream_hands_out_nothing_more() {
+    use std::io::Read;
+    let data = common::mixed_file(5);
+    let (fz, m) = compress_bytes(&data, small_opts()).unwrap();
+    let e = &m.entries[m.find_tensor("b.weight").unwrap()];
+    let (begin, end) = e.frame_compressed_range(1);
+    let mut bad = fz.clone();
+    bad[((begin + end) / 2) as usize] ^= 0x10;
+    let mut r = floatzip_codec::FzReader::new(&bad[..]);
+    let mut buf = vec![0u8; 64];
+    let mut got = Vec::new();
+    let err = loop {
+        match r.read(&mut buf) {
+            Ok(0) => panic!("a corrupt stream read to its end"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        err.to_string().contains("b.weight") || err.to_string().contains("frame"),
+        "{err}"
+    );
+    // Reading again must fail too, never yield the batch that did not decode.
+    assert!(r.read(&mut buf).is_err());
+    assert!(r.read(&mut buf).is_err());
+    assert!(got.len() < data.len() && data.starts_with(&got));
+}
