@@ -106,6 +106,14 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let tasks = state.tasks.clone();
     let app = router(state);
+    // TCP_NODELAY: a response's head and body go out as separate writes; with Nagle on,
+    // the second waits for the client's delayed ACK (40 ms), capping keep-alive clients
+    // at ~25 requests per second per connection.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
