@@ -24,8 +24,9 @@ use crate::ranges::{plan, Plan};
 use crate::storage::Pointer;
 use crate::AppState;
 
-/// Original bytes decoded per piece of a streamed response (at least one frame).
-pub const PIECE_BYTES: u64 = 2 << 20;
+/// Original bytes decoded per piece of a streamed response (at least one frame). With
+/// [`PIECES_IN_FLIGHT`] this bounds a download's memory: about 4 MiB decoded plus compressed.
+pub const PIECE_BYTES: u64 = 1 << 20;
 /// Pieces fetched and decoded ahead of the one being sent.
 const PIECES_IN_FLIGHT: usize = 4;
 
