@@ -4,11 +4,10 @@ use std::path::PathBuf;
 
 use std::io::Write;
 
-use anyhow::Context;
 use clap::Args;
 use floatzip_codec::{compress, compress_delta, EncodeOptions, FrameOptions};
 
-use crate::output::transform_file;
+use crate::output::{read_base, transform_file};
 use crate::progress::mb;
 use crate::{OutputArgs, ThreadArgs};
 
@@ -82,10 +81,7 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         PathBuf::from(s)
     });
     let opts = a.codec.options();
-    let base = match &a.base {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("{}", p.display()))?),
-        None => None,
-    };
+    let base = read_base(a.base.as_deref())?;
     let (manifest, secs) = transform_file(
         &a.input,
         &target,

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use std::io::Write;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use floatzip_codec::{decompress_delta, decompress_with, FzArchive};
 
-use crate::output::transform_file;
+use crate::output::{read_base, transform_file};
 use crate::progress::mb;
 use crate::{OutputArgs, ThreadArgs};
 
@@ -46,10 +46,7 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
         },
     };
     let verify_sha256 = a.sha256;
-    let base = match &a.base {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("{}", p.display()))?),
-        None => None,
-    };
+    let base = read_base(a.base.as_deref())?;
     let (manifest, secs) = transform_file(
         &a.input,
         &target,
