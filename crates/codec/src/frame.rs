@@ -368,15 +368,16 @@ fn write_frame(
         put_varint(&mut coded, payload.len() as u64);
         coded.extend_from_slice(payload);
     }
-    let mut body = Vec::with_capacity(16 + coded.len());
-    body.push(layout.id());
-    body.push(layout.param());
-    put_varint(&mut body, chunk.len() as u64);
-    body.extend_from_slice(&checksum(chunk, &coded).to_le_bytes());
-    body.extend_from_slice(&coded);
+    // The small header is built apart so the coded planes are copied once, into `out`.
+    let mut head = Vec::with_capacity(16);
+    head.push(layout.id());
+    head.push(layout.param());
+    put_varint(&mut head, chunk.len() as u64);
+    head.extend_from_slice(&checksum(chunk, &coded).to_le_bytes());
     out.push(FRAME_TAG);
-    put_varint(out, body.len() as u64);
-    out.extend_from_slice(&body);
+    put_varint(out, (head.len() + coded.len()) as u64);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&coded);
 }
 
 /// The parsed start of a frame: enough to size the output before decoding.
