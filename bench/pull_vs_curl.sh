@@ -36,8 +36,9 @@ for run in 1 2 3; do
   c=$(ip netns exec "$CLI" curl -sS -o "$W/curl.bin" -w '%{time_total}' "$URL")
   rm -f "$W/pull.bin"
   s=$(date +%s.%N)
-  ip netns exec "$CLI" "$BIN" pull "$URL" -o "$W/pull.bin" --quiet
+  ip netns exec "$CLI" "$BIN" pull "$URL" -o "$W/pull.bin" ${PULL_ARGS:-} 2> "$W/pull.log"
   p=$(echo "$(date +%s.%N) - $s" | bc)
+  first=$(grep -o 'first tensor after [0-9]* ms' "$W/pull.log" | grep -o '[0-9]*' || echo '?')
   cmp -s "$W/pull.bin" "$FILE" && cmp -s "$W/curl.bin" "$FILE" || { echo "bytes differ"; exit 1; }
-  echo "run $run: curl ${c}s, floatzip pull ${p}s, pull/curl = $(echo "scale=3; $p / $c" | bc)"
+  echo "run $run: curl ${c}s, floatzip pull ${p}s, pull/curl = $(echo "scale=3; $p / $c" | bc), first tensor after ${first} ms"
 done

@@ -98,8 +98,12 @@ pub fn run(a: PullArgs) -> anyhow::Result<()> {
         } else {
             String::new()
         };
+        let first = match report.first_entry {
+            Some(t) => format!(", first tensor after {} ms", t.as_millis()),
+            None => String::new(),
+        };
         eprintln!(
-            "{}: {} written; {} on the wire for {} decoded{ratio}; {secs:.2} s, {:.1} MB/s{resumed}; verified: {verified}",
+            "{}: {} written; {} on the wire for {} decoded{ratio}; {secs:.2} s, {:.1} MB/s{first}{resumed}; verified: {verified}",
             report.path.display(),
             mb(report.file_bytes),
             mb(report.wire_bytes),
@@ -108,6 +112,13 @@ pub fn run(a: PullArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A 24-cell text bar for a fraction in 0..=1.
+fn bar(frac: f64) -> String {
+    const CELLS: usize = 24;
+    let full = ((frac.clamp(0.0, 1.0) * CELLS as f64).round() as usize).min(CELLS);
+    format!("{}{}", "#".repeat(full), "-".repeat(CELLS - full))
 }
 
 fn mb(b: u64) -> String {
@@ -154,7 +165,8 @@ impl Display {
                 };
                 if tty {
                     eprint!(
-                        "\r{label}: {} / {} ({:.0}%), {:.1} MB/s, ETA {eta:.0} s, wire {ratio:.1}% of original   ",
+                        "\r{label} [{}] {} / {} ({:.0}%), {:.1} MB/s, ETA {eta:.0} s, wire {ratio:.1}% of original   ",
+                        bar(frac),
                         mb(s.original_bytes),
                         mb(s.total_original),
                         100.0 * frac,

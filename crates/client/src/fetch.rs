@@ -71,6 +71,8 @@ pub(crate) enum Dest {
         path: Arc<std::path::PathBuf>,
         offsets: Arc<Vec<u64>>,
         log: Option<Arc<Mutex<crate::resume::ProgressLog>>>,
+        /// Told of each entry written, for the whole-file SHA-256.
+        sha: Option<crate::sha_follower::DoneSender>,
     },
 }
 
@@ -466,7 +468,7 @@ impl Worker<'_> {
                 reason: format!("BLAKE3 is {actual}, the manifest says {}", e.blake3),
             });
         }
-        self.ctx.progress.entries_done.fetch_add(1, Relaxed);
+        self.ctx.progress.entry_verified();
         match self.dest {
             Dest::Memory(tx) => {
                 let Some(name) = e.name.clone() else {
@@ -482,12 +484,15 @@ impl Worker<'_> {
                     Fail::Fatal(Error::Internal("the tensor stream was dropped".into()))
                 })
             }
-            Dest::File { log, .. } => {
+            Dest::File { log, sha, .. } => {
                 if let Some(log) = log {
                     let mut log = log.lock().map_err(|_| {
                         Fail::Fatal(Error::Internal("progress log poisoned".into()))
                     })?;
                     log.record(asm.entry).map_err(Fail::Fatal)?;
+                }
+                if let Some(sha) = sha {
+                    sha.entry_done(asm.entry);
                 }
                 Ok(())
             }

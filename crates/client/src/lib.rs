@@ -29,6 +29,7 @@ mod fetch;
 pub mod filter;
 pub mod manifest;
 mod resume;
+mod sha_follower;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ pub use floatzip_codec::{Entry, Manifest};
 pub use manifest::{ContainerInfo, RemoteManifest};
 
 use fetch::{plan, run_job, Dest, Job};
+use sha_follower::ShaFollower;
 
 /// Default largest manifest accepted.
 const DEFAULT_MAX_MANIFEST_BYTES: u64 = 256 << 20;
@@ -100,6 +102,8 @@ pub struct Progress {
     pub(crate) refetches: AtomicU64,
     pub(crate) total_wire: AtomicU64,
     pub(crate) total_original: AtomicU64,
+    /// When the current operation verified its first non-empty entry.
+    first_entry_at: Mutex<Option<Instant>>,
 }
 
 /// A snapshot of [`Progress`].
@@ -147,7 +151,35 @@ impl Progress {
         }
         self.total_wire.store(total_wire, Relaxed);
         self.total_original.store(total_original, Relaxed);
+        if let Ok(mut t) = self.first_entry_at.lock() {
+            *t = None;
+        }
     }
+
+    /// Notes that an entry was verified (the first one's time is kept).
+    pub(crate) fn entry_verified(&self) {
+        if self.entries_done.fetch_add(1, Relaxed) == 0 {
+            if let Ok(mut t) = self.first_entry_at.lock() {
+                t.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// When the current operation verified its first entry, if it has.
+    pub fn first_entry_at(&self) -> Option<Instant> {
+        self.first_entry_at.lock().ok().and_then(|t| *t)
+    }
+}
+
+/// How long the first job of a transfer runs alone, at most (see `run_jobs`).
+const HEAD_START: Duration = Duration::from_millis(250);
+/// How often the head start is checked for its end.
+const HEAD_START_POLL: Duration = Duration::from_millis(5);
+
+/// Time from `started` to the first entry verified, if any.
+fn snap_first(p: &Progress, started: Instant) -> Option<Duration> {
+    p.first_entry_at()
+        .map(|t| t.saturating_duration_since(started))
 }
 
 /// What a request needs: the HTTP client, the token, the options and where to count.
@@ -393,6 +425,8 @@ pub struct DownloadReport {
     pub elapsed: Duration,
     /// The verified SHA-256 of the whole file (whole-file downloads only).
     pub sha256: Option<String>,
+    /// From the call to the first tensor verified and written (time to first tensor).
+    pub first_entry: Option<Duration>,
 }
 
 /// The server's answer to an upload.
@@ -650,14 +684,33 @@ impl RemoteFile {
         let mut set = JoinSet::new();
         let mut jobs = jobs.into_iter();
         let n = self.ctx().opts.jobs.max(1);
+        // The first job runs alone until its first entry is verified (or HEAD_START has
+        // passed): N streams sharing the link from the start would deliver the first
+        // tensor N times later, and one stream fills the link meanwhile.
+        let started = Instant::now();
+        let mut limit = 1;
         loop {
-            while set.len() < n {
+            if limit < n
+                && (self.ctx().progress.first_entry_at().is_some()
+                    || started.elapsed() >= HEAD_START)
+            {
+                limit = n;
+            }
+            while set.len() < limit {
                 let Some(job) = jobs.next() else { break };
                 let (ctx, m, url, dest) =
                     (self.ctx().clone(), m.clone(), url.clone(), dest.clone());
                 set.spawn(async move { run_job(&ctx, &m, &url, &job, &dest).await });
             }
-            match set.join_next().await {
+            let next = if limit < n {
+                match tokio::time::timeout(HEAD_START_POLL, set.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => continue,
+                }
+            } else {
+                set.join_next().await
+            };
+            match next {
                 None => return Ok(()),
                 Some(Ok(Ok(()))) => {}
                 Some(Ok(Err(e))) => return Err(e),
@@ -770,20 +823,35 @@ impl RemoteFile {
         );
         let jobs = plan(m, &wanted, self.ctx().opts.coalesce_bytes);
         let file = Arc::new(file);
+        // Entries already in place (resumed, or empty) are hashed as soon as the follower
+        // reaches them; the header was written above.
+        let ready: Vec<bool> = (0..m.entries.len())
+            .map(|i| verified[i] || m.entries[i].original_len() == 0)
+            .collect();
+        let sha = ShaFollower::start(
+            file.clone(),
+            part.clone(),
+            rm.original_size,
+            m.entries
+                .iter()
+                .map(|e| (e.original[0], e.original[1]))
+                .collect(),
+            ready,
+        );
         let dest = Dest::File {
             file: file.clone(),
             path: Arc::new(part.clone()),
             offsets: Arc::new(m.entries.iter().map(|e| e.original[0]).collect()),
             log: Some(Arc::new(Mutex::new(log))),
+            sha: Some(sha.sender()),
         };
         // On failure the .part and its log stay for the next call to resume from.
         self.run_jobs(&rm, jobs, dest).await?;
-        file.sync_all().map_err(|e| Error::io(&part, e))?;
-        drop(file);
-        let p2 = part.clone();
-        let actual = tokio::task::spawn_blocking(move || resume::sha256_file(&p2))
+        let actual = tokio::task::spawn_blocking(move || sha.finish())
             .await
             .map_err(|e| Error::Internal(format!("hashing: {e}")))??;
+        file.sync_all().map_err(|e| Error::io(&part, e))?;
+        drop(file);
         if !actual.eq_ignore_ascii_case(&rm.sha256) {
             // Every entry verified but the whole does not: start afresh next time.
             let _ = std::fs::remove_file(&log_path);
@@ -808,6 +876,7 @@ impl RemoteFile {
             refetches: snap.refetches,
             elapsed: started.elapsed(),
             sha256: Some(actual),
+            first_entry: snap_first(&self.ctx().progress, started),
         })
     }
 
@@ -863,6 +932,7 @@ impl RemoteFile {
                 path: Arc::new(part.clone()),
                 offsets: Arc::new(offsets),
                 log: None,
+                sha: None,
             };
             self.run_jobs(&rm, jobs, dest).await?;
             file.sync_all().map_err(|e| Error::io(&part, e))
@@ -885,6 +955,7 @@ impl RemoteFile {
             refetches: snap.refetches,
             elapsed: started.elapsed(),
             sha256: None,
+            first_entry: snap_first(&self.ctx().progress, started),
         })
     }
 
