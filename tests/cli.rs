@@ -234,3 +234,54 @@ fn bench_reports_floatzip_zstd_and_floor() {
             > 0
     );
 }
+
+#[test]
+fn kv_layout_codes_one_head_per_chunk_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in [
+        "minilm-kv-bf16.safetensors",
+        "minilm-kv-f16.safetensors",
+        "minilm-kv-fp8-e4m3.safetensors",
+    ] {
+        std::fs::copy(fixture(n), dir.path().join(n)).unwrap();
+        ok(&floatzip(
+            &["compress", n, "--kv-layout", "lhtd", "--force"],
+            dir.path(),
+        ));
+        let inspect = floatzip(&["inspect", &format!("{n}.fz"), "--json"], dir.path());
+        ok(&inspect);
+        let doc: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        let k = doc["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "k")
+            .unwrap();
+        // [2 layers, 12 heads, 512 tokens, 32]: one frame per head, 24 in all.
+        // "layouts" reads like "bytes×17 e4m3-exp|sm×7".
+        let frames: u64 = k["layouts"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .map(|l| l.rsplit('×').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(frames, 24, "{n}: {k}");
+        std::fs::remove_file(dir.path().join(n)).unwrap();
+        ok(&floatzip(&["decompress", &format!("{n}.fz")], dir.path()));
+        assert_eq!(sha(&dir.path().join(n)), sha(&fixture(n)), "{n}");
+    }
+    let thd = floatzip(
+        &[
+            "compress",
+            "minilm-kv-bf16.safetensors",
+            "--kv-layout",
+            "thd",
+            "-o",
+            "x.fz",
+        ],
+        dir.path(),
+    );
+    assert!(!thd.status.success());
+    assert!(String::from_utf8_lossy(&thd.stderr).contains("not contiguous"));
+    assert!(!dir.path().join("x.fz").exists());
+}

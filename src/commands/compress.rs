@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::io::Write;
 
 use clap::Args;
+use floatzip_codec::kv::KvLayout;
 use floatzip_codec::{compress, compress_delta, EncodeOptions, FrameOptions};
 
 use crate::output::{read_base, transform_file};
@@ -49,6 +50,24 @@ pub struct CodecArgs {
     /// smaller (0 = always the smaller).
     #[arg(long, default_value_t = FrameOptions::default().rans_min_gain)]
     pub rans_min_gain: f64,
+    /// K/V cache dump: the axis order of its K/V tensors, `lhtd` ([layers, heads, tokens,
+    /// head_dim]) or `htd` ([heads, tokens, head_dim]). Tensors of that rank are coded one
+    /// head per chunk, each with its own tables (heads of 16 KiB to 4 MiB); other tensors
+    /// as usual.
+    #[arg(long, value_parser = parse_kv_layout)]
+    pub kv_layout: Option<KvLayout>,
+}
+
+/// The `--kv-layout` values a container can use: heads must be contiguous.
+fn parse_kv_layout(s: &str) -> Result<KvLayout, String> {
+    match KvLayout::parse(s) {
+        Some(l @ (KvLayout::Lhtd | KvLayout::Htd)) => Ok(l),
+        Some(_) => Err(format!(
+            "{s}: heads are not contiguous in this layout; a .fz container takes lhtd or htd \
+             (the floatzip_codec::kv API codes thd pages)"
+        )),
+        None => Err(format!("{s}: unknown layout (lhtd or htd)")),
+    }
 }
 
 impl CodecArgs {
@@ -68,6 +87,7 @@ impl CodecArgs {
                     ..FrameOptions::default()
                 }
             },
+            kv_layout: self.kv_layout,
             ..EncodeOptions::default()
         }
     }

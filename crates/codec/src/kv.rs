@@ -240,6 +240,9 @@ impl KvBlockCodec {
                     if tried_all || (g > 1 && g * ch_bytes > MAX_GROUP_BYTES) {
                         break;
                     }
+                    if g * ch_bytes < MIN_GROUP_BYTES && g < total_channels {
+                        continue;
+                    }
                     tried_all = g == total_channels;
                     self.trial.clear();
                     for grp in self.transposed.chunks(g * ch_bytes) {
@@ -389,6 +392,11 @@ fn decode_frames(mut frames: &[u8], out: &mut [u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Smallest channel group tried: a frame's tables cost ~100-300 bytes, so smaller groups
+/// never win, and trying them made 16-token pages ~1000× slower to encode (hundreds of
+/// frames per trial).
+const MIN_GROUP_BYTES: usize = 4 << 10;
 
 /// Channel-group sizes tried by the encoder (channels per frame).
 const GROUPS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];

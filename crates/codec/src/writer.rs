@@ -15,6 +15,7 @@ use crate::container::{container_header, manifest_and_trailer, CONTAINER_HEADER_
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::frame::{encode_frame, FrameOptions, FrameStats, MAX_CHUNK_BYTES};
+use crate::kv::KvLayout;
 use crate::manifest::{Entry, Manifest, FORMAT_VERSION};
 use crate::safetensors::{self, Header};
 
@@ -29,6 +30,9 @@ pub struct EncodeOptions {
     pub frame: FrameOptions,
     /// Chunks encoded per parallel batch, per worker thread.
     pub chunks_per_thread: usize,
+    /// For K/V cache dumps: tensors of this layout's rank are cut into chunks of whole
+    /// heads, so every head is coded with its own tables (see [`kv_head_chunk`]).
+    pub kv_layout: Option<KvLayout>,
 }
 
 impl Default for EncodeOptions {
@@ -37,6 +41,7 @@ impl Default for EncodeOptions {
             chunk_bytes: 256 << 10,
             frame: FrameOptions::default(),
             chunks_per_thread: 4,
+            kv_layout: None,
         }
     }
 }
@@ -51,6 +56,36 @@ struct Segment {
     begin: u64,
     /// `None`: runs to the end of the input.
     end: Option<u64>,
+}
+
+/// Smallest head worth a chunk of its own: below it the coding tables cost more than
+/// per-head statistics save, and the plain chunking is kept.
+const MIN_HEAD_CHUNK: u64 = 16 << 10;
+/// Largest head coded as one chunk; larger heads keep the plain chunking.
+const MAX_HEAD_CHUNK: u64 = 4 << 20;
+
+/// The chunk length that makes every chunk of a K/V tensor one head, if `layout` applies:
+/// the tensor has the layout's rank, a float dtype, and a head (`tokens × head_dim`
+/// elements, contiguous in `[layers, heads, tokens, head_dim]` and `[heads, tokens,
+/// head_dim]`) of [`MIN_HEAD_CHUNK`]..=[`MAX_HEAD_CHUNK`] bytes. Keys of different heads
+/// have different scales (outlier channels), so one table per head beats one per
+/// 256 KiB that mixes heads; `[tokens, heads, head_dim]` interleaves heads and is left
+/// to [`crate::kv`], which transposes.
+pub fn kv_head_chunk(layout: KvLayout, dtype: DType, shape: &[u64]) -> Option<u64> {
+    if !matches!(layout, KvLayout::Lhtd | KvLayout::Htd) || layout.rank() != Some(shape.len()) {
+        return None;
+    }
+    let elem = match dtype {
+        DType::F32 => 4,
+        DType::BF16 | DType::F16 => 2,
+        DType::F8_E4M3 | DType::F8_E5M2 => 1,
+        _ => return None,
+    };
+    let r = shape.len();
+    let head = shape[r - 2].checked_mul(shape[r - 1])?.checked_mul(elem)?;
+    (MIN_HEAD_CHUNK..=MAX_HEAD_CHUNK)
+        .contains(&head)
+        .then_some(head)
 }
 
 /// Turns a parsed header (or none) into the segments that cover every byte after the prefix.
@@ -271,7 +306,11 @@ impl<W: Write> FzWriter<W> {
     /// Original bytes per chunk in `seg`: whole elements, so every chunk splits into planes.
     fn chunk_len(&self, seg: &Segment) -> u64 {
         let unit = seg.coded_as.unit_bytes();
-        ((self.opts.chunk_bytes / unit).max(1) * unit) as u64
+        let plain = ((self.opts.chunk_bytes / unit).max(1) * unit) as u64;
+        self.opts
+            .kv_layout
+            .and_then(|l| kv_head_chunk(l, seg.coded_as, &seg.shape))
+            .unwrap_or(plain)
     }
 
     /// Cuts the pending bytes into chunks: `(segment, offset in pending, len)`. Only whole
