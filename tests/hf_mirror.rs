@@ -1,10 +1,15 @@
 //! floatzip as a drop-in Hugging Face Hub mirror, checked with the real `huggingface_hub`
 //! library: `floatzip push-dir` uploads a model folder (real fixture weights plus config
-//! and tokenizer files) as one revision, then with `HF_ENDPOINT` pointing at the server
-//! `hf download`, `snapshot_download`, `hf_hub_download` and `get_safetensors_metadata`
-//! all succeed with byte-identical files, a second download comes from the library's
-//! cache, missing repos/revisions/files raise the library's own errors, and an old
-//! revision stays downloadable after a new upload.
+//! and tokenizer files, some in sub-folders like `1_Pooling/` and `onnx/`, and hidden
+//! folders that must be skipped) as one revision, then with `HF_ENDPOINT` pointing at the
+//! server `hf download`, `snapshot_download`, `hf_hub_download` (of nested files too) and
+//! `get_safetensors_metadata` all succeed with byte-identical files in the right
+//! sub-folders, `list_repo_tree` sees the folders, a second download comes from the
+//! library's cache, missing repos/revisions/files raise the library's own errors, and an
+//! old revision stays downloadable after a new upload.
+//!
+//! A second test (no Python needed) checks that hostile nested names are refused with 400
+//! and a file beside a folder of the same name with 409, leaving storage untouched.
 //!
 //! Python comes from `FLOATZIP_HF_PYTHON` (default `python3`) and must import
 //! `huggingface_hub`; otherwise the test fails with the command that installs it.
@@ -15,6 +20,7 @@ use std::process::Output;
 
 use floatzip_server::Config;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WRITE: &str = "hf-write-token";
 const READ: &str = "hf-read-token";
@@ -97,13 +103,56 @@ fn model_dir(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         "README.md".into(),
         b"---\nlicense: apache-2.0\n---\n# mini\nServed by floatzip.\n".to_vec(),
     );
+    // Sub-folders, as sentence-transformers and ONNX exports lay them out.
+    files.insert(
+        "1_Pooling/config.json".into(),
+        br#"{"word_embedding_dimension":384,"pooling_mode_mean_tokens":true}"#.to_vec(),
+    );
+    // Weight bytes without a safetensors header: the generic byte coder's path.
+    let onnx: Vec<u8> = files["model.safetensors"][400_000..700_000].to_vec();
+    files.insert("onnx/model.onnx".into(), onnx);
+    files.insert(
+        "tokenizer/deep/er/vocab.txt".into(),
+        b"[PAD]\n[UNK]\nnested\n".to_vec(),
+    );
     for (k, v) in &files {
-        std::fs::write(dir.join(k), v).unwrap();
+        let p = dir.join(k);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, v).unwrap();
+    }
+    // Hidden entries at any depth are not model files: push-dir skips them.
+    for hidden in [".git/HEAD", ".cache/huggingface/download/x.lock", "onnx/.x"] {
+        let p = dir.join(hidden);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"not a model file").unwrap();
     }
     files
 }
 
+/// The files below `dir` (hidden ones excluded), as repo paths.
+fn repo_paths(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|p| {
+            p.strip_prefix(dir)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace('\\', "/")
+        })
+        .filter(|p| !p.split('/').any(|s| s.starts_with('.')))
+        .collect();
+    out.sort();
+    out
+}
+
 fn assert_same_files(got_dir: &Path, want: &BTreeMap<String, Vec<u8>>) {
+    assert_eq!(
+        repo_paths(got_dir),
+        want.keys().cloned().collect::<Vec<_>>(),
+        "files in {}",
+        got_dir.display()
+    );
     for (k, v) in want {
         let got = std::fs::read(got_dir.join(k))
             .unwrap_or_else(|e| panic!("{} missing: {e}", got_dir.join(k).display()));
@@ -118,12 +167,18 @@ fn assert_same_files(got_dir: &Path, want: &BTreeMap<String, Vec<u8>>) {
 
 const SCRIPT: &str = r#"
 import json, os, sys
-from huggingface_hub import snapshot_download, hf_hub_download, get_safetensors_metadata
+from huggingface_hub import snapshot_download, hf_hub_download, get_safetensors_metadata, list_repo_tree
 from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 repo, old_rev = sys.argv[1], sys.argv[2]
 out = {}
 out["snapshot"] = snapshot_download(repo)
 out["config"] = hf_hub_download(repo, "config.json")
+out["pooling"] = hf_hub_download(repo, "1_Pooling/config.json")
+out["onnx"] = hf_hub_download(repo, "onnx/model.onnx", cache_dir=os.environ["HF_HOME"] + "/other")
+def tree(**kw):
+    return sorted(("d " if type(f).__name__ == "RepoFolder" else "f ") + f.path for f in list_repo_tree(repo, **kw))
+out["tree_root"] = tree()
+out["tree_tokenizer"] = tree(path_in_repo="tokenizer", recursive=True)
 meta = get_safetensors_metadata(repo)
 out["tensors"] = sorted(meta.files_metadata["model.safetensors"].tensors.keys())
 out["old_config"] = hf_hub_download(repo, "config.json", revision=old_rev)
@@ -316,6 +371,44 @@ async fn huggingface_hub_downloads_through_floatzip() {
         sha256(&std::fs::read(v["old_config"].as_str().unwrap()).unwrap()),
         sha256(&old_config)
     );
+    // Nested files, one by one, land in their sub-folders of the snapshot.
+    for (key, file) in [
+        ("pooling", "1_Pooling/config.json"),
+        ("onnx", "onnx/model.onnx"),
+    ] {
+        let got = PathBuf::from(v[key].as_str().unwrap());
+        assert!(got.ends_with(file), "{}", got.display());
+        assert_eq!(sha256(&std::fs::read(&got).unwrap()), sha256(&files[file]));
+    }
+    let strs = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        strs("tree_root"),
+        [
+            "d 1_Pooling",
+            "d onnx",
+            "d tokenizer",
+            "f README.md",
+            "f config.json",
+            "f model.safetensors",
+            "f special_tokens_map.json",
+            "f tokenizer_config.json",
+            "f vocab.txt"
+        ]
+    );
+    assert_eq!(
+        strs("tree_tokenizer"),
+        [
+            "d tokenizer/deep",
+            "d tokenizer/deep/er",
+            "f tokenizer/deep/er/vocab.txt"
+        ]
+    );
     let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
     let mut want: Vec<String> = st.names().into_iter().map(String::from).collect();
     want.sort();
@@ -380,6 +473,237 @@ async fn huggingface_hub_downloads_through_floatzip() {
     assert_eq!(r.status(), 404);
     let left: Vec<_> = walk(data.path());
     assert!(left.is_empty(), "{left:?}");
+
+    server.shutdown().await.unwrap();
+}
+
+/// One raw HTTP/1.1 exchange, so that paths reach the server exactly as written (HTTP
+/// clients normalise `..` and `//`); returns the status and the body.
+async fn raw_request(addr: std::net::SocketAddr, req: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn error_code(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+    v["error"]["code"].as_str().unwrap().to_string()
+}
+
+/// Every file below `dir` with its bytes: the whole state of a local store.
+fn store_state(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    walk(dir)
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_names_are_checked_and_cannot_collide() {
+    let data = tempfile::tempdir().unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    c.storage.url = data.path().to_str().unwrap().to_string();
+    c.storage.temp_dir = temp.path().to_str().unwrap().to_string();
+    c.auth.write_tokens = vec![WRITE.into()];
+    let server = floatzip_server::start(c).await.unwrap();
+    let (base, addr) = (server.url(), server.addr);
+    let http = reqwest::Client::new();
+    let put = |path: &str, body: &'static [u8]| {
+        http.put(format!("{base}/v1/models/o/m/{path}"))
+            .bearer_auth(WRITE)
+            .body(body)
+            .send()
+    };
+    for (path, body) in [
+        ("a", &b"file a"[..]),
+        ("c/d.txt", b"file c/d.txt"),
+        ("x.json", b"{}"),
+        ("deep/er/still/f.bin", b"\x00\x01\x02"),
+    ] {
+        let r = put(path, body).await.unwrap();
+        assert_eq!(r.status(), 201, "{path}: {}", r.text().await.unwrap());
+    }
+    let before = store_state(data.path());
+
+    // Hostile nested names: 400 with the JSON error, for PUT, GET and DELETE alike.
+    let deep = vec!["a"; 17].join("/");
+    let long_path = vec!["b".repeat(100); 6].join("/");
+    let long_segment = format!("c/{}", "d".repeat(129));
+    let hostile = [
+        ("empty segment", "c//d.txt".to_string()),
+        ("leading slash", "/c/d.txt".to_string()),
+        ("trailing slash", "c/".to_string()),
+        ("dot-dot", "c/../a".to_string()),
+        ("encoded dot-dot", "c/%2e%2e/a".to_string()),
+        ("encoded slashes and dots", "c%2F..%2F..%2Fetc".to_string()),
+        ("dot segment", "c/./d.txt".to_string()),
+        ("hidden folder", ".git/config".to_string()),
+        ("hidden nested", "c/.d".to_string()),
+        ("NUL", "c/d%00.txt".to_string()),
+        ("backslash", "c%5C..%5Cd".to_string()),
+        ("space", "c/d%20e".to_string()),
+        ("bad utf-8", "c/%FF".to_string()),
+        ("reserved manifest", "e/manifest".to_string()),
+        ("reserved tensors", "e/tensors/t".to_string()),
+        ("folder named like a pointer", "a.json/b".to_string()),
+        ("too deep", deep),
+        ("too long", long_path),
+        ("segment too long", long_segment),
+    ];
+    for (what, path) in &hostile {
+        for method in ["PUT", "DELETE", "GET"] {
+            let req = format!(
+                "{method} /v1/models/o/m/{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WRITE}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+            );
+            let (status, body) = raw_request(addr, &req).await;
+            // A GET of `e/manifest` or `e/tensors/t` asks for the manifest or a tensor
+            // of the flat file `e`, which does not exist.
+            let sub_resource = matches!(path.as_str(), "e/manifest" | "e/tensors/t");
+            let want = if method == "GET" && sub_resource {
+                (404, "not_found")
+            } else {
+                (400, "invalid_name")
+            };
+            assert_eq!(
+                (status, error_code(&body).as_str()),
+                want,
+                "{method} {what}: {path}"
+            );
+        }
+    }
+
+    // A file cannot sit beside a folder of the same name, either way round: 409.
+    for (path, other) in [
+        ("a/b", "a"),
+        ("c", "c/d.txt"),
+        ("deep/er", "deep/er/still/f.bin"),
+    ] {
+        let r = put(path, b"clash").await.unwrap();
+        assert_eq!(r.status(), 409, "{path}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "path_conflict", "{path}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(other),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        store_state(data.path()),
+        before,
+        "a refused request changed storage"
+    );
+
+    // `x.json` and a folder `x/` have distinct keys; `%2F` is a `/`; sub-resources of
+    // nested files are reachable.
+    let r = put("x/y.json", b"nested y").await.unwrap();
+    assert_eq!(r.status(), 201);
+    for (path, want) in [
+        ("x.json", &b"{}"[..]),
+        ("x/y.json", b"nested y"),
+        ("x%2Fy.json", b"nested y"),
+        ("c/d.txt", b"file c/d.txt"),
+    ] {
+        let r = http
+            .get(format!("{base}/v1/models/o/m/{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(&r.bytes().await.unwrap()[..], want, "{path}");
+    }
+    let m: serde_json::Value = http
+        .get(format!("{base}/v1/models/o/m/deep/er/still/f.bin/manifest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["path"], "o/m/deep/er/still/f.bin");
+    assert_eq!(m["original_size"], 3);
+    let list: serde_json::Value = http
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let urls: Vec<&str> = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["url"].as_str().unwrap())
+        .collect();
+    assert!(
+        urls.contains(&"/v1/models/o/m/deep/er/still/f.bin"),
+        "{urls:?}"
+    );
+
+    // The Hub view of the same repo: nested siblings, folder listings, nested resolve.
+    let info: serde_json::Value = http
+        .get(format!("{base}/api/models/o/m"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let siblings: Vec<&str> = info["siblings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rfilename"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        siblings,
+        ["a", "c/d.txt", "deep/er/still/f.bin", "x.json", "x/y.json"]
+    );
+    let r = http
+        .get(format!("{base}/o/m/resolve/main/deep/er/still/f.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.unwrap()[..], b"\x00\x01\x02");
+    let r = http
+        .get(format!("{base}/api/models/o/m/tree/main/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a file is not a folder");
+    assert_eq!(r.headers()["x-error-code"], "EntryNotFound");
+
+    // Deleting nested files leaves no empty folders behind, and frees the names.
+    for path in ["deep/er/still/f.bin", "c/d.txt", "x/y.json"] {
+        let r = http
+            .delete(format!("{base}/v1/models/o/m/{path}"))
+            .bearer_auth(WRITE)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{path}");
+    }
+    assert!(!data.path().join("models/o/m/deep").exists());
+    assert_eq!(put("c", b"now a file").await.unwrap().status(), 201);
+    assert_eq!(put("deep/er", b"and this").await.unwrap().status(), 201);
 
     server.shutdown().await.unwrap();
 }

@@ -1,8 +1,15 @@
 //! `floatzip push-dir`: upload every file of a model folder to a floatzip server and
 //! record them as one revision of the Hub repo `ORG/NAME` (see `floatzip_server::hub`).
 //!
-//! Each file goes up with `PUT /v1/models/ORG/NAME/FILE?sha256=…` and the header that
+//! Each file goes up with `PUT /v1/models/ORG/NAME/PATH?sha256=…` and the header that
 //! defers the revision; then `POST /v1/repos/ORG/NAME/commit` records one revision.
+//!
+//! Sub-folders are walked: `onnx/model.onnx` goes up under that path. Hidden entries
+//! (names starting with `.`: `.git`, `.cache` of `hf download --local-dir`,
+//! `.gitattributes`) are skipped at every level. Symbolic links are followed (a Hub cache
+//! snapshot is links into its blob store); a walk deeper than the server's path depth
+//! limit stops with an error, which also ends any link cycle. Every path is checked
+//! against the server's naming rules before anything is sent.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +20,8 @@ use sha2::{Digest, Sha256};
 /// Arguments of `floatzip push-dir`.
 #[derive(Args)]
 pub struct PushDirArgs {
-    /// The local model folder (flat: files only; hidden entries are skipped).
+    /// The local model folder; sub-folders are uploaded too, hidden entries (.git,
+    /// .cache, ...) skipped.
     pub dir: PathBuf,
     /// Where to store it: http://HOST:PORT/v1/models/ORG/NAME
     pub url: String,
@@ -41,28 +49,54 @@ fn parse_repo_url(url: &str) -> anyhow::Result<(String, String, String)> {
     }
 }
 
-/// The files to upload, sorted by name.
+/// The files to upload as (path in the repo, local path), sorted by path.
 fn list_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue; // .git, .cache, .gitattributes: not model files
-        }
-        if e.file_type()?.is_dir() {
-            bail!(
-                "{}: sub-folders are not supported (repos are flat)",
-                e.path().display()
-            );
-        }
-        out.push((name, e.path()));
-    }
+    walk(dir, "", 1, &mut out)?;
     out.sort();
     if out.is_empty() {
         bail!("{} holds no files", dir.display());
     }
+    for (file, path) in &out {
+        floatzip_server::names::check_file_path(file)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     Ok(out)
+}
+
+/// Adds the files below `dir` (repo path `prefix`, `depth` segments deep) to `out`.
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, PathBuf)>,
+) -> anyhow::Result<()> {
+    use floatzip_server::names::MAX_DEPTH;
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            bail!("{}: the name is not UTF-8", e.path().display());
+        };
+        if name.starts_with('.') {
+            continue; // .git, .cache, .gitattributes: not model files
+        }
+        let path = e.path();
+        let repo_path = format!("{prefix}{name}");
+        // metadata() follows links: a linked folder is walked, a linked file uploaded.
+        let meta = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?;
+        if meta.is_dir() {
+            if depth >= MAX_DEPTH {
+                bail!(
+                    "{}: folders nest deeper than the limit of {MAX_DEPTH} path segments",
+                    path.display()
+                );
+            }
+            walk(&path, &format!("{repo_path}/"), depth + 1, out)?;
+        } else if meta.is_file() {
+            out.push((repo_path, path));
+        }
+    }
+    Ok(())
 }
 
 fn sha256_file(p: &Path) -> anyhow::Result<String> {
@@ -173,6 +207,41 @@ pub fn run(a: PushDirArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn walks_sub_folders_and_skips_hidden_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        for f in [
+            "config.json",
+            "onnx/model.onnx",
+            "1_Pooling/config.json",
+            "a/b/c.txt",
+            ".git/HEAD",
+            ".cache/huggingface/x.lock",
+            "onnx/.hidden",
+            ".gitattributes",
+        ] {
+            let f = p.join(f);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, b"x").unwrap();
+        }
+        std::fs::create_dir(p.join("empty")).unwrap();
+        let got: Vec<String> = list_files(p).unwrap().into_iter().map(|f| f.0).collect();
+        assert_eq!(
+            got,
+            [
+                "1_Pooling/config.json",
+                "a/b/c.txt",
+                "config.json",
+                "onnx/model.onnx"
+            ]
+        );
+        // Names the server would refuse fail before anything is sent.
+        std::fs::create_dir_all(p.join("x.json")).unwrap();
+        std::fs::write(p.join("x.json/y"), b"x").unwrap();
+        assert!(list_files(p).is_err());
+    }
 
     #[test]
     fn repo_urls() {

@@ -60,6 +60,10 @@ pub enum ApiError {
         /// Representation length, for `Content-Range: bytes */size`.
         size: u64,
     },
+    /// The upload's path cannot coexist with a file already stored: one would be a folder
+    /// of the other (`a` and `a/b`).
+    #[error("{0}")]
+    Conflict(String),
     /// An `If-Match` precondition failed.
     #[error("precondition failed: the current ETag is {0}")]
     PreconditionFailed(String),
@@ -101,6 +105,7 @@ impl ApiError {
             RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
+            Conflict(_) => (StatusCode::CONFLICT, "path_conflict"),
             PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             CorruptStorage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_storage"),

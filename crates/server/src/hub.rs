@@ -19,11 +19,19 @@
 //! revisions (and the blobs only they used); single old revisions cannot be deleted yet.
 //!
 //! Routes (the subset of the Hub protocol `huggingface_hub` uses to download):
-//! - `GET /api/models/{org}/{name}` and `…/revision/{rev}`: `sha` and `siblings`
-//! - `GET /api/models/{org}/{name}/tree/{rev}`: the file list (one page, flat repos)
-//! - `GET|HEAD /{org}/{name}/resolve/{rev}/{file}`: the original bytes, with Range,
+//! - `GET /api/models/{org}/{name}` and `…/revision/{rev}`: `sha` and `siblings` (every
+//!   file, `rfilename` = its full path, e.g. `1_Pooling/config.json`)
+//! - `GET /api/models/{org}/{name}/tree/{rev}[/{folder}]`: the folder's files and
+//!   sub-folders (`"type": "file" | "directory"`, full paths); `?recursive=true` lists the
+//!   whole sub-tree, as `snapshot_download` asks (huggingface_hub 1.x/2.x read the file
+//!   list from here, not from `siblings`). One page; `expand`, `cursor` and `limit` are
+//!   ignored.
+//! - `GET|HEAD /{org}/{name}/resolve/{rev}/{path}`: the original bytes, with Range,
 //!   `ETag` = `X-Linked-Etag` = the file's SHA-256, `X-Linked-Size`, `X-Repo-Commit`
 //! - 404s carry `X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound`.
+//!
+//! Files may sit in folders: their names are the nested paths of [`crate::names`], as
+//! uploaded with `PUT /v1/models/{org}/{name}/{folder}/{file}`.
 //!
 //! Within one server, revisions are recorded one at a time (a process-wide lock); two
 //! replicas recording revisions of the same repo at the same moment may lose one of them
@@ -34,7 +42,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -505,44 +513,95 @@ async fn model_info_at(
     Ok(Json(info_json(&org, &name, &rev)))
 }
 
-fn tree_json(rev: &Revision) -> serde_json::Value {
-    serde_json::Value::Array(
-        rev.files
-            .iter()
-            .map(|(path, f)| {
+/// Whether a tree query asks for the whole sub-tree (`recursive=true`; Python clients
+/// send `True`). Other parameters are the Hub's paging and detail knobs, ignored here.
+fn wants_recursive(q: Option<&str>) -> bool {
+    form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == "recursive" && matches!(&*v, "true" | "True" | "1"))
+}
+
+/// The tree listing of folder `dir` (`""` = the root) of `rev`: its files and folders
+/// with full paths, sorted by path; direct children only unless `recursive`. `None` if
+/// `dir` is not a folder of the revision.
+fn tree_json(rev: &Revision, dir: &str, recursive: bool) -> Option<serde_json::Value> {
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    // Folder path → hash of the (path, digest) of every file below it: a stable oid
+    // that changes whenever the folder's content does, as a git tree id would.
+    let mut folders: BTreeMap<String, Sha256> = BTreeMap::new();
+    let mut entries: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for (path, f) in rev.files.range(prefix.clone()..) {
+        let Some(rest) = path.strip_prefix(&prefix) else {
+            break; // sorted: nothing further shares the prefix
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let shown_folders = if recursive { parts.len() - 1 } else { 1 };
+        for depth in 1..parts.len() {
+            if depth > shown_folders {
+                break;
+            }
+            let folder = format!("{prefix}{}", parts[..depth].join("/"));
+            let h = folders.entry(folder).or_default();
+            h.update(path.as_bytes());
+            h.update([0]);
+            h.update(f.sha256.as_bytes());
+        }
+        if parts.len() == 1 || recursive {
+            entries.insert(
+                path.clone(),
                 json!({
                     "type": "file",
                     "oid": &f.sha256[..40],
                     "size": f.size,
                     "path": path,
                     "lfs": { "oid": f.sha256, "size": f.size, "pointerSize": 134 },
-                })
-            })
-            .collect(),
-    )
+                }),
+            );
+        }
+    }
+    if !dir.is_empty() && entries.is_empty() && folders.is_empty() {
+        return None;
+    }
+    for (path, h) in folders {
+        let oid = hex::encode(h.finalize())[..40].to_string();
+        entries.insert(
+            path.clone(),
+            json!({ "type": "directory", "oid": oid, "size": 0, "path": path }),
+        );
+    }
+    Some(serde_json::Value::Array(entries.into_values().collect()))
 }
 
 async fn tree(
     State(st): State<AppState>,
     headers: HeaderMap,
     p: Result<Path<(String, String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<serde_json::Value>, HubError> {
     st.auth.require_read(&headers)?;
     let (org, name, rev) = path3(p)?;
     let rev = resolve_revision(&st, &org, &name, &rev).await?;
-    Ok(Json(tree_json(&rev)))
+    let listing = tree_json(&rev, "", wants_recursive(q.as_deref()))
+        .ok_or_else(|| ApiError::Internal("the root is always a folder".into()))?;
+    Ok(Json(listing))
 }
 
 async fn tree_under(
     State(st): State<AppState>,
     headers: HeaderMap,
     p: Result<Path<(String, String, String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<serde_json::Value>, HubError> {
     st.auth.require_read(&headers)?;
     let Path((org, name, rev, dir)) = p.map_err(|e| ApiError::InvalidName(e.body_text()))?;
     let rev = resolve_revision(&st, &org, &name, &rev).await?;
-    // Repos are flat: no folder exists below the root.
-    Err(HubError::entry(&org, &name, &rev, &dir))
+    let dir = dir.trim_end_matches('/');
+    tree_json(&rev, dir, wants_recursive(q.as_deref()))
+        .map(Json)
+        .ok_or_else(|| HubError::entry(&org, &name, &rev, dir))
 }
 
 async fn resolve(
@@ -629,5 +688,82 @@ mod tests {
         assert!(!is_revision_id("main"));
         assert!(!is_revision_id(&"A".repeat(40)));
         assert!(!is_revision_id(&"a".repeat(41)));
+    }
+
+    fn rev_of(paths: &[&str]) -> Revision {
+        let files = paths
+            .iter()
+            .map(|p| {
+                let sha = hex::encode(Sha256::digest(p.as_bytes()));
+                let f = RevisionFile {
+                    container_sha256: sha.clone(),
+                    sha256: sha,
+                    size: p.len() as u64,
+                };
+                (p.to_string(), f)
+            })
+            .collect();
+        Revision {
+            version: 1,
+            id: "a".repeat(40),
+            parent: None,
+            created_at: 0,
+            files,
+        }
+    }
+
+    fn listed(v: &serde_json::Value) -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    e["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn trees_list_folders_and_files() {
+        let rev = rev_of(&["a", "a0.txt", "b/c.json", "b/d/e.bin", "config.json"]);
+        let root = tree_json(&rev, "", false).unwrap();
+        assert_eq!(
+            listed(&root),
+            ["file a", "file a0.txt", "directory b", "file config.json"]
+        );
+        let all = tree_json(&rev, "", true).unwrap();
+        assert_eq!(
+            listed(&all),
+            [
+                "file a",
+                "file a0.txt",
+                "directory b",
+                "file b/c.json",
+                "directory b/d",
+                "file b/d/e.bin",
+                "file config.json"
+            ]
+        );
+        let b = tree_json(&rev, "b", false).unwrap();
+        assert_eq!(listed(&b), ["file b/c.json", "directory b/d"]);
+        assert!(tree_json(&rev, "a", false).is_none());
+        assert!(tree_json(&rev, "nope", true).is_none());
+        // A folder's oid follows its content.
+        let other = rev_of(&["a", "b/c.json", "b/d/e2.bin"]);
+        let oid = |v: &serde_json::Value| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["path"] == "b")
+                .unwrap()["oid"]
+                .clone()
+        };
+        assert_ne!(oid(&root), oid(&tree_json(&other, "", false).unwrap()));
+        assert!(wants_recursive(Some("recursive=True&expand=False")));
+        assert!(!wants_recursive(Some("recursive=False")));
+        assert!(!wants_recursive(None));
     }
 }

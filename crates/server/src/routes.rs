@@ -1,5 +1,11 @@
 //! The router and its handlers. Handlers are thin: check access and names, load the
 //! pointer, and hand over to [`crate::upload`] or [`crate::download`].
+//!
+//! A model's files are addressed by their path, nested or not:
+//! `/v1/models/{org}/{name}/{path…}` with `path` = `config.json` or `onnx/model.onnx` (a
+//! `%2F` is the same as a `/`). GET/HEAD of `{path}/manifest` and
+//! `{path}/tensors/{tensor}` reach a file's manifest and tensors; nested paths cannot use
+//! those two names, so the split is unambiguous ([`FileRequest`]).
 
 use std::sync::Arc;
 
@@ -17,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::download::{self, Representation, IMMUTABLE, REVALIDATE};
 use crate::error::ApiError;
-use crate::names::ModelFile;
+use crate::names::{FileRequest, ModelFile};
 use crate::storage::{blob_key, is_sha256_hex, Pointer};
 use crate::{upload, AppState};
 
@@ -30,19 +36,14 @@ pub const FRAMES_MEDIA_TYPE: &str = "application/vnd.floatzip.frames";
 pub fn router(state: AppState) -> Router {
     let file_routes = Router::new()
         .route(
-            "/v1/models/{org}/{name}/{file}",
-            get(get_file).put(put_file).delete(delete_file),
+            "/v1/models/{org}/{name}/{*path}",
+            get(get_path).put(put_file).delete(delete_file),
         )
         .layer(DefaultBodyLimit::disable()); // uploads stream and count their own bytes
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(list_models))
-        .route("/v1/models/{org}/{name}/{file}/manifest", get(get_manifest))
-        .route(
-            "/v1/models/{org}/{name}/{file}/tensors/{tensor}",
-            get(get_tensor),
-        )
         .route("/v1/blobs/{blob}", get(get_blob))
         .merge(file_routes)
         .merge(crate::hub::routes())
@@ -177,7 +178,8 @@ fn container_rep(p: &Pointer, cache_control: &'static str) -> Representation {
     }
 }
 
-async fn get_file(
+/// GET/HEAD of a file, its manifest or one of its tensors.
+async fn get_path(
     State(st): State<AppState>,
     method: Method,
     headers: HeaderMap,
@@ -185,17 +187,35 @@ async fn get_file(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     st.auth.require_read(&headers)?;
-    let f = model_file(path)?;
-    let q = parse_query(q)?;
-    let ptr = load(&st, &f).await?;
-    let mut resp = if wants_container(&q, &headers)? {
+    let Path((org, name, path)) = path.map_err(|e| ApiError::InvalidName(e.body_text()))?;
+    match FileRequest::parse(&path) {
+        FileRequest::File(file) => {
+            let f = ModelFile::new(org, name, file)?;
+            get_file(&st, &method, &headers, f, parse_query(q)?).await
+        }
+        FileRequest::Manifest(file) => {
+            get_manifest(&st, &method, &headers, ModelFile::new(org, name, file)?).await
+        }
+        FileRequest::Tensor(file, tensor) => {
+            let f = ModelFile::new(org, name, file)?;
+            get_tensor(&st, &method, &headers, f, tensor, parse_query(q)?).await
+        }
+    }
+}
+
+async fn get_file(
+    st: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    f: ModelFile,
+    q: Query,
+) -> Result<Response, ApiError> {
+    let ptr = load(st, &f).await?;
+    let mut resp = if wants_container(&q, headers)? {
         let blob = ptr.blob.clone();
-        download::respond(
-            &method,
-            &headers,
-            container_rep(&ptr, REVALIDATE),
-            |s, e| download::blob_body(&st, blob, s..e),
-        )?
+        download::respond(method, headers, container_rep(&ptr, REVALIDATE), |s, e| {
+            download::blob_body(st, blob, s..e)
+        })?
     } else {
         let rep = Representation {
             len: ptr.manifest.original_size,
@@ -207,8 +227,8 @@ async fn get_file(
                 ptr.container_sha256.clone(),
             )],
         };
-        download::respond(&method, &headers, rep, |s, e| {
-            download::original_body(&st, ptr.clone(), s, e)
+        download::respond(method, headers, rep, |s, e| {
+            download::original_body(st, ptr.clone(), s, e)
         })?
     };
     // The same URL serves the original or the container depending on Accept.
@@ -354,14 +374,12 @@ async fn delete_file(
 }
 
 async fn get_manifest(
-    State(st): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    path: Result<Path<(String, String, String)>, PathRejection>,
+    st: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    f: ModelFile,
 ) -> Result<Response, ApiError> {
-    st.auth.require_read(&headers)?;
-    let f = model_file(path)?;
-    let p = load(&st, &f).await?;
+    let p = load(st, &f).await?;
     let body = serde_json::to_vec(&json!({
         "path": f.display(),
         "original_size": p.manifest.original_size,
@@ -384,23 +402,20 @@ async fn get_manifest(
         extra: vec![],
     };
     let body = bytes::Bytes::from(body);
-    download::respond(&method, &headers, rep, |s, e| {
+    download::respond(method, headers, rep, |s, e| {
         Body::from(body.slice(s as usize..e as usize))
     })
 }
 
 async fn get_tensor(
-    State(st): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    path: Result<Path<(String, String, String, String)>, PathRejection>,
-    RawQuery(q): RawQuery,
+    st: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    f: ModelFile,
+    tensor: String,
+    q: Query,
 ) -> Result<Response, ApiError> {
-    st.auth.require_read(&headers)?;
-    let Path((org, name, file, tensor)) = path.map_err(|e| ApiError::InvalidName(e.body_text()))?;
-    let f = ModelFile::new(org, name, file)?;
-    let q = parse_query(q)?;
-    let p = load(&st, &f).await?;
+    let p = load(st, &f).await?;
     let idx = p
         .manifest
         .find_tensor(&tensor)
@@ -430,8 +445,8 @@ async fn get_tensor(
             extra,
         };
         let base = e.original[0];
-        return download::respond(&method, &headers, rep, |s, en| {
-            download::original_body(&st, p.clone(), base + s, base + en)
+        return download::respond(method, headers, rep, |s, en| {
+            download::original_body(st, p.clone(), base + s, base + en)
         });
     }
     extra.push((
@@ -450,8 +465,8 @@ async fn get_tensor(
         extra,
     };
     let (base, blob) = (e.compressed[0], p.blob.clone());
-    download::respond(&method, &headers, rep, |s, en| {
-        download::blob_body(&st, blob, base + s..base + en)
+    download::respond(method, headers, rep, |s, en| {
+        download::blob_body(st, blob, base + s..base + en)
     })
 }
 

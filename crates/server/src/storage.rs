@@ -3,8 +3,13 @@
 //!
 //! ```text
 //! blobs/{sha256 of the container}.fz        immutable, content-addressed .fz containers
-//! models/{org}/{name}/{file}.json           pointer: blob key, digests, sizes, Manifest
+//! models/{org}/{name}/{path}.json           pointer: blob key, digests, sizes, Manifest
 //! ```
+//! `{path}` is the file's path in the model, nested paths included
+//! (`models/o/n/onnx/model.onnx.json`). The key is the path plus `.json`, so distinct paths
+//! have distinct keys, and since no folder segment may end in `.json`
+//! ([`crate::names`]) no pointer key is ever a folder of another key (file `x` is
+//! `x.json`; a folder `x.json/` cannot exist).
 //! An upload stores its blob first and its pointer last; object stores replace an object
 //! atomically, so a reader sees the old pointer or the new one, never a half. Blobs are
 //! never modified, so anything read through a pointer stays valid while it is read.
@@ -267,6 +272,44 @@ impl Storage {
             .put(&pointer_key(&f), PutPayload::from(json))
             .await?;
         Ok(())
+    }
+
+    /// An existing file of the same model that `f` cannot live beside, if any: a file
+    /// named like one of `f`'s folders (`a` for `a/b`), or a file inside a folder named
+    /// like `f` (`a/b` for `a`). A checkout of the repo could not hold both.
+    pub async fn path_conflict(&self, f: &ModelFile) -> Result<Option<String>, ApiError> {
+        let mut dir = String::new();
+        let segments: Vec<&str> = f.file.split('/').collect();
+        for s in &segments[..segments.len().saturating_sub(1)] {
+            if !dir.is_empty() {
+                dir.push('/');
+            }
+            dir.push_str(s);
+            let key = Path::from(format!("models/{}/{}/{dir}.json", f.org, f.name));
+            match self.store.head(&key).await {
+                Ok(_) => return Ok(Some(dir)),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Any file in a folder named like `f` conflicts: the first one listed is enough.
+        // (Keys are compared as text too, so a store that lists the prefix itself, such
+        // as `x.json` for the folder `x.json`, cannot report a false conflict.)
+        let model = format!("models/{}/{}/", f.org, f.name);
+        let folder = format!("{model}{}/", f.file);
+        let mut inside = self
+            .store
+            .list(Some(&Path::from(folder.clone())))
+            .try_filter(|m| futures_util::future::ready(m.location.as_ref().starts_with(&folder)));
+        match inside.next().await {
+            None | Some(Err(object_store::Error::NotFound { .. })) => Ok(None),
+            Some(Ok(m)) => {
+                let key = m.location.as_ref();
+                let file = key.strip_prefix(&model).unwrap_or(key);
+                Ok(Some(file.strip_suffix(".json").unwrap_or(file).to_string()))
+            }
+            Some(Err(e)) => Err(e.into()),
+        }
     }
 
     /// Removes a pointer; `false` if there was none.

@@ -95,6 +95,12 @@ pub async fn run(
             return Err(err);
         }
     }
+    // Refused before a byte is read: a file beside a folder of the same name (and the
+    // check is repeated when the pointer is published, in case one raced in meanwhile).
+    if let Err(e) = check_no_conflict(&state, &target).await {
+        drain(body.into_data_stream()).await;
+        return Err(e);
+    }
     // Bounded concurrency: later uploads wait here, holding only their connection.
     let _slot = state
         .upload_slots
@@ -188,6 +194,28 @@ pub async fn run(
     publish(&state, target, staged).await
 }
 
+/// Fails with [`ApiError::Conflict`] if `target` would be a file beside a folder of the
+/// same name (see [`crate::storage::Storage::path_conflict`]).
+async fn check_no_conflict(state: &AppState, target: &ModelFile) -> Result<(), ApiError> {
+    match state.storage.path_conflict(target).await? {
+        None => Ok(()),
+        Some(other) => Err(ApiError::Conflict(format!(
+            "{} cannot be stored beside {}/{}/{other}: one would be a folder of the other",
+            target.display(),
+            target.org,
+            target.name
+        ))),
+    }
+}
+
+/// Serialises "check for a path conflict, then write the pointer" within this process,
+/// so two uploads of `a` and `a/b` cannot both pass the check. (Replicas sharing a store
+/// are not coordinated; the check before the body is read narrows that window.)
+fn publish_lock() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
 /// Stores the blob (unless an identical one is there), then the pointer; then removes the
 /// replaced version's blob if nothing else uses it.
 async fn publish(
@@ -220,7 +248,21 @@ async fn publish(
         uploaded_at: now,
         manifest: staged.manifest,
     };
-    state.storage.write_pointer(&pointer).await?;
+    let checked = {
+        let _guard = publish_lock().lock().await;
+        let checked = check_no_conflict(state, &target).await;
+        if checked.is_ok() {
+            state.storage.write_pointer(&pointer).await?;
+        }
+        checked
+    };
+    if let Err(e) = checked {
+        // The blob just stored may be used by nothing now.
+        if let Err(ce) = state.storage.collect_blob(&key).await {
+            tracing::warn!(blob = %key, error = %ce, "could not remove an unused blob");
+        }
+        return Err(e);
+    }
     drop(staged.file);
     if let Some(old) = &previous {
         if old.blob != key {
