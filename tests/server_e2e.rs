@@ -1550,3 +1550,122 @@ async fn cli_serve_starts_serves_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// Bytes of every file under `dir` (recursively).
+fn dir_bytes(dir: &Path) -> u64 {
+    snapshot_dir(dir)
+        .keys()
+        .filter(|k| !k.ends_with('/'))
+        .map(|k| std::fs::metadata(dir.join(k)).unwrap().len())
+        .sum()
+}
+
+#[tokio::test]
+async fn tensors_shared_between_files_are_stored_once() {
+    let t = start().await;
+    let c = reqwest::Client::new();
+    let a = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm-bf16.safetensors"),
+    )
+    .unwrap();
+    // The same model with one tensor changed: same header, same other tensors.
+    let header_len = 8 + u64::from_le_bytes(a[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&a[8..header_len]).unwrap();
+    let (name, range) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            (
+                k.clone(),
+                o[0].as_u64().unwrap() as usize..o[1].as_u64().unwrap() as usize,
+            )
+        })
+        .max_by_key(|(_, r)| r.len())
+        .unwrap();
+    let mut b = a.clone();
+    for x in &mut b[header_len + range.start..header_len + range.start + range.len() / 2] {
+        *x = x.wrapping_add(1);
+    }
+    let segments = t.data.path().join("segments");
+
+    let r = t
+        .upload(
+            &c,
+            &t.file_url("acme", "base", "model.safetensors"),
+            a.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let first: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(first["shared_bytes"], 0);
+    let after_a = dir_bytes(&segments);
+    assert_eq!(after_a, first["bytes_stored"].as_u64().unwrap());
+
+    let r = t
+        .upload(
+            &c,
+            &t.file_url("acme", "tuned", "model.safetensors"),
+            b.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let second: serde_json::Value = r.json().await.unwrap();
+    let stored = second["bytes_stored"].as_u64().unwrap();
+    let shared = second["shared_bytes"].as_u64().unwrap();
+    let grown = dir_bytes(&segments) - after_a;
+    // Storage grew by exactly the bytes not shared, and those are about the changed
+    // tensor (its frames) plus the small header and manifest pieces, not the whole file.
+    assert_eq!(grown, stored - shared, "{second}");
+    assert!(grown < stored / 2, "grew by {grown} of {stored}: {second}");
+    let m: serde_json::Value = c
+        .get(format!(
+            "{}/manifest",
+            t.file_url("acme", "tuned", "model.safetensors")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["container"]["shared_bytes"], shared, "{name}");
+
+    // Deleting the first file keeps everything the second uses.
+    let del = c
+        .delete(t.file_url("acme", "base", "model.safetensors"))
+        .bearer_auth(WRITE)
+        .send()
+        .await
+        .unwrap();
+    assert!(del.status().is_success());
+    let got = c
+        .get(t.file_url("acme", "tuned", "model.safetensors"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.unwrap()[..] == b[..]);
+    let fz = c
+        .get(format!(
+            "{}?format=fz",
+            t.file_url("acme", "tuned", "model.safetensors")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fz.bytes().await.unwrap().len() as u64, stored);
+    assert_eq!(dir_bytes(&segments), stored);
+
+    // Deleting the last user removes every segment.
+    let del = c
+        .delete(t.file_url("acme", "tuned", "model.safetensors"))
+        .bearer_auth(WRITE)
+        .send()
+        .await
+        .unwrap();
+    assert!(del.status().is_success());
+    assert_eq!(dir_bytes(t.data.path()), 0, "{:?}", t.snapshot());
+}

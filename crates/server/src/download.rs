@@ -21,7 +21,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::ApiError;
 use crate::ranges::{plan, Plan};
-use crate::storage::Pointer;
+use crate::storage::{ContainerSource, Pointer};
 use crate::AppState;
 
 /// Original bytes decoded per piece of a streamed response (at least one frame). With
@@ -98,20 +98,15 @@ pub fn respond(
     Ok(resp)
 }
 
-/// A raw byte range of a blob, streamed as the store delivers it.
-pub fn blob_body(state: &AppState, blob: String, range: Range<u64>) -> Body {
-    let storage = state.storage.clone();
+/// A raw byte range of a container, streamed as the store delivers it.
+pub fn blob_body(state: &AppState, src: ContainerSource, range: Range<u64>) -> Body {
     let metrics = state.metrics.clone();
-    let stream = futures_util::stream::once(async move {
-        storage
-            .stream_range(&blob, range)
-            .await
-            .map_err(io::Error::other)
-    })
-    .try_flatten()
-    .inspect_ok(move |b| {
-        metrics.bytes_out.fetch_add(b.len() as u64, Relaxed);
-    });
+    let stream = state
+        .storage
+        .stream_container(src, range)
+        .inspect_ok(move |b| {
+            metrics.bytes_out.fetch_add(b.len() as u64, Relaxed);
+        });
     Body::from_stream(stream)
 }
 
@@ -197,7 +192,10 @@ async fn fetch_piece(state: &AppState, ptr: Arc<Pointer>, p: Piece) -> Result<By
     match p {
         Piece::Prefix(a, b) => {
             let base = CONTAINER_HEADER_LEN;
-            state.storage.get_range(&ptr.blob, base + a..base + b).await
+            state
+                .storage
+                .get_range(&ptr.blob, &ptr.segments, base + a..base + b)
+                .await
         }
         Piece::Frames {
             entry,
@@ -207,7 +205,10 @@ async fn fetch_piece(state: &AppState, ptr: Arc<Pointer>, p: Piece) -> Result<By
             skip,
             take,
         } => {
-            let raw = state.storage.get_range(&ptr.blob, comp).await?;
+            let raw = state
+                .storage
+                .get_range(&ptr.blob, &ptr.segments, comp)
+                .await?;
             let _slot = state
                 .decode_slots
                 .acquire()

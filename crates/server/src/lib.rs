@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod ranges;
 pub mod routes;
+pub mod segments;
 pub mod storage;
 pub mod upload;
 

@@ -24,7 +24,7 @@ use tower_http::trace::TraceLayer;
 use crate::download::{self, Representation, IMMUTABLE, REVALIDATE};
 use crate::error::ApiError;
 use crate::names::{FileRequest, ModelFile};
-use crate::storage::{blob_key, is_sha256_hex, Pointer};
+use crate::storage::{blob_key, is_sha256_hex, ContainerSource, Pointer};
 use crate::{upload, AppState};
 
 /// Media type of `.fz` containers.
@@ -212,9 +212,9 @@ async fn get_file(
 ) -> Result<Response, ApiError> {
     let ptr = load(st, &f).await?;
     let mut resp = if wants_container(&q, headers)? {
-        let blob = ptr.blob.clone();
+        let src = ptr.source();
         download::respond(method, headers, container_rep(&ptr, REVALIDATE), |s, e| {
-            download::blob_body(st, blob, s..e)
+            download::blob_body(st, src, s..e)
         })?
     } else {
         let rep = Representation {
@@ -388,6 +388,9 @@ async fn get_manifest(
             "sha256": p.container_sha256,
             "size": p.container_size,
             "url": format!("/v1/blobs/{}.fz", p.container_sha256),
+            // Bytes shared with files stored before this one (deduplicated tensors).
+            "shared_bytes": p.shared_bytes,
+            "segments": p.segments.len(),
         },
         "ratio": p.ratio(),
         "uploaded_at": p.uploaded_at,
@@ -464,9 +467,9 @@ async fn get_tensor(
         cache_control: REVALIDATE,
         extra,
     };
-    let (base, blob) = (e.compressed[0], p.blob.clone());
+    let (base, src) = (e.compressed[0], p.source());
     download::respond(method, headers, rep, |s, en| {
-        download::blob_body(st, blob, base + s..base + en)
+        download::blob_body(st, src, base + s..base + en)
     })
 }
 
@@ -485,11 +488,21 @@ async fn get_blob(
             ApiError::InvalidName("a blob is named by its SHA-256: {64 hex digits}.fz".into())
         })?;
     let key = blob_key(sha);
-    let len = st
-        .storage
-        .blob_size(&key)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("blob {blob}")))?;
+    let (len, segments) = match st.storage.blob_size(&key).await? {
+        Some(len) => (len, Vec::new()),
+        None => {
+            let index = st
+                .storage
+                .read_index(sha)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("blob {blob}")))?;
+            (index.segments.iter().map(|s| s.len).sum(), index.segments)
+        }
+    };
+    let src = ContainerSource {
+        blob: key,
+        segments: std::sync::Arc::new(segments),
+    };
     let rep = Representation {
         len,
         etag: quoted(sha),
@@ -498,7 +511,7 @@ async fn get_blob(
         extra: vec![],
     };
     download::respond(&method, &headers, rep, |s, e| {
-        download::blob_body(&st, key, s..e)
+        download::blob_body(&st, src, s..e)
     })
 }
 

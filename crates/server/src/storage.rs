@@ -10,6 +10,10 @@
 //! have distinct keys, and since no folder segment may end in `.json`
 //! ([`crate::names`]) no pointer key is ever a folder of another key (file `x` is
 //! `x.json`; a folder `x.json/` cannot exist).
+//!
+//! Uploads store their container as content-addressed segments instead of one blob, so
+//! that tensors shared between files are stored once ([`crate::segments`]); a pointer
+//! with segments reads from them, one without from `blobs/{sha}.fz`.
 //! An upload stores its blob first and its pointer last; object stores replace an object
 //! atomically, so a reader sees the old pointer or the new one, never a half. Blobs are
 //! never modified, so anything read through a pointer stays valid while it is read.
@@ -32,6 +36,7 @@ use tokio::io::AsyncReadExt;
 use crate::config::StorageConfig;
 use crate::error::ApiError;
 use crate::names::ModelFile;
+use crate::segments::{index_key, locate, segment_key, Index, Segment, MAX_INDEX_BYTES};
 use crate::StartError;
 use floatzip_codec::Manifest;
 
@@ -95,6 +100,23 @@ pub struct Pointer {
     pub uploaded_at: u64,
     /// The container's manifest (holds the original's size and SHA-256).
     pub manifest: Manifest,
+    /// The container's segments, in order, when it is stored as segments (a copy of its
+    /// [`crate::segments::Index`]); empty when it is the one object `blob`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
+    /// Container bytes that were already in the store when this file was uploaded
+    /// (segments shared with other files), so they cost nothing here.
+    #[serde(default)]
+    pub shared_bytes: u64,
+}
+
+/// Where a container's bytes are: one object, or segments in order.
+#[derive(Debug, Clone)]
+pub struct ContainerSource {
+    /// The single-object key (used when `segments` is empty).
+    pub blob: String,
+    /// The segments, in container order.
+    pub segments: Arc<Vec<Segment>>,
 }
 
 impl Pointer {
@@ -110,6 +132,17 @@ impl Pointer {
         if !is_sha256_hex(&self.container_sha256) || self.blob != blob_key(&self.container_sha256) {
             return bad("blob key and container digest disagree");
         }
+        if !self.segments.is_empty() {
+            let total = self
+                .segments
+                .iter()
+                .try_fold(0u64, |t, s| t.checked_add(s.len));
+            if total != Some(self.container_size)
+                || self.segments.iter().any(|s| !is_sha256_hex(&s.sha256))
+            {
+                return bad("segments do not make up the container");
+            }
+        }
         let m = &self.manifest;
         let frames_end = m
             .entries
@@ -120,6 +153,14 @@ impl Pointer {
             return bad("frames run past the container");
         }
         Ok(())
+    }
+
+    /// Where this file's container is.
+    pub fn source(&self) -> ContainerSource {
+        ContainerSource {
+            blob: self.blob.clone(),
+            segments: Arc::new(self.segments.clone()),
+        }
     }
 
     /// Stored bytes over original bytes.
@@ -330,12 +371,22 @@ impl Storage {
         }
     }
 
-    /// Copies a staged container file into the store under `key`, in parts; on failure
-    /// the partial upload is aborted, leaving nothing behind.
-    pub async fn put_blob_from_file(&self, key: &str, file: &FsPath) -> Result<(), ApiError> {
+    /// Copies bytes `range` of a staged container file into the store under `key`, in
+    /// parts; on failure the partial upload is aborted, leaving nothing behind.
+    pub async fn put_object_from_file(
+        &self,
+        key: &str,
+        file: &FsPath,
+        range: Range<u64>,
+    ) -> Result<(), ApiError> {
+        use tokio::io::AsyncSeekExt;
         let mut src = tokio::fs::File::open(file)
             .await
             .map_err(|e| ApiError::Internal(format!("reopening the staged upload: {e}")))?;
+        src.seek(std::io::SeekFrom::Start(range.start))
+            .await
+            .map_err(|e| ApiError::Internal(format!("reading the staged upload: {e}")))?;
+        let mut src = src.take(range.end - range.start);
         // Two parts in flight keep the link busy; memory stays at a few parts.
         let mut w =
             BufWriter::with_capacity(self.store.clone(), Path::from(key), UPLOAD_PART_BYTES)
@@ -372,8 +423,69 @@ impl Storage {
         }
     }
 
-    /// Bytes `range` of a blob, in one request.
-    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ApiError> {
+    /// Bytes `range` of a container, wherever its pieces are.
+    /// `segments` empty: the container is the one object `blob`.
+    pub async fn get_range(
+        &self,
+        blob: &str,
+        segments: &[Segment],
+        range: Range<u64>,
+    ) -> Result<Bytes, ApiError> {
+        if segments.is_empty() {
+            return self.get_object_range(blob, range).await;
+        }
+        let parts = locate(segments, range.clone());
+        if let [(i, r)] = parts.as_slice() {
+            return self
+                .get_object_range(&segment_key(&segments[*i].sha256), r.clone())
+                .await;
+        }
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        for (i, r) in parts {
+            let b = self
+                .get_object_range(&segment_key(&segments[i].sha256), r)
+                .await?;
+            out.extend_from_slice(&b);
+        }
+        if out.len() as u64 != range.end - range.start {
+            return Err(ApiError::CorruptStorage(format!(
+                "container {blob} is shorter than its manifest says"
+            )));
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Bytes `range` of a container as a stream of pieces, segment after segment.
+    pub fn stream_container(
+        &self,
+        src: ContainerSource,
+        range: Range<u64>,
+    ) -> BoxStream<'static, std::io::Result<Bytes>> {
+        let storage = self.clone();
+        let parts: Vec<(String, Range<u64>)> = if src.segments.is_empty() {
+            vec![(src.blob.clone(), range)]
+        } else {
+            locate(&src.segments, range)
+                .into_iter()
+                .map(|(i, r)| (segment_key(&src.segments[i].sha256), r))
+                .collect()
+        };
+        futures_util::stream::iter(parts)
+            .then(move |(key, r)| {
+                let storage = storage.clone();
+                async move {
+                    storage
+                        .stream_range(&key, r)
+                        .await
+                        .map_err(std::io::Error::other)
+                }
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    /// Bytes `range` of one object, in one request.
+    pub async fn get_object_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ApiError> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
@@ -445,19 +557,93 @@ impl Storage {
         Ok(out)
     }
 
-    /// Deletes `blob` if no pointer refers to it any more.
+    /// Deletes the container `blob` if no pointer refers to it any more, with the
+    /// segments no other container uses.
     ///
-    /// Content-addressed blobs may be shared by several files. The check is a listing, not
-    /// a lock: an upload of identical content racing with this delete can be left
-    /// pointing at a removed blob (its reads then fail with `storage_error` until it is
-    /// uploaded again). Deletes are rare and explicit; replicas need no coordination.
+    /// Containers and segments are content-addressed and may be shared by several files.
+    /// The checks are listings, not locks: an upload of identical content racing with
+    /// this delete can be left pointing at a removed object (its reads then fail with
+    /// `storage_error` until it is uploaded again). Deletes are rare and explicit;
+    /// replicas need no coordination.
     pub async fn collect_blob(&self, blob: &str) -> Result<(), ApiError> {
         // Files of Hub revisions keep their blobs too, so old revisions stay downloadable.
         let still_used = self.list_pointers().await?.iter().any(|p| p.blob == blob)
             || crate::hub::blob_in_revisions(self, blob).await?;
-        if !still_used {
-            self.delete_blob(blob).await?;
+        if still_used {
+            return Ok(());
+        }
+        let Some(sha) = blob
+            .strip_prefix("blobs/")
+            .and_then(|b| b.strip_suffix(".fz"))
+        else {
+            return self.delete_blob(blob).await;
+        };
+        let index = self.read_index(sha).await?;
+        self.delete_blob(blob).await?;
+        let Some(index) = index else {
+            return Ok(());
+        };
+        self.delete_blob(&index_key(sha)).await?;
+        let live = self.live_segments().await?;
+        for s in &index.segments {
+            if !live.contains(&s.sha256) {
+                self.delete_blob(&segment_key(&s.sha256)).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Stores a container's segment list (after its segments).
+    pub async fn write_index(&self, index: &Index) -> Result<(), ApiError> {
+        let json = serde_json::to_vec(index).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.store
+            .put(
+                &Path::from(index_key(&index.container_sha256)),
+                PutPayload::from(json),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The segment list of the container with this SHA-256, if it is stored as segments.
+    pub async fn read_index(&self, container_sha256: &str) -> Result<Option<Index>, ApiError> {
+        self.read_index_at(&Path::from(index_key(container_sha256)))
+            .await
+    }
+
+    async fn read_index_at(&self, key: &Path) -> Result<Option<Index>, ApiError> {
+        let got = match self.store.get(key).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if got.meta.size > MAX_INDEX_BYTES {
+            return Err(ApiError::CorruptStorage(format!(
+                "segment list {key} is {} bytes",
+                got.meta.size
+            )));
+        }
+        let bytes = got.bytes().await?;
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::CorruptStorage(format!("segment list {key}: {e}")))?;
+        Ok(Some(index))
+    }
+
+    /// The segments listed by any stored container.
+    async fn live_segments(&self) -> Result<std::collections::HashSet<String>, ApiError> {
+        let keys: Vec<Path> = self
+            .store
+            .list(Some(&Path::from("blobs")))
+            .map_ok(|m| m.location)
+            .try_filter(|p| futures_util::future::ready(p.as_ref().ends_with(".segments.json")))
+            .try_collect()
+            .await?;
+        let mut live = std::collections::HashSet::new();
+        for k in keys {
+            if let Some(index) = self.read_index_at(&k).await? {
+                live.extend(index.segments.into_iter().map(|s| s.sha256));
+            }
+        }
+        Ok(live)
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 use crate::names::ModelFile;
+use crate::segments::{self, segment_key, Index, Segment};
 use crate::storage::{blob_key, ratio, Pointer};
 use crate::AppState;
 
@@ -43,6 +44,9 @@ pub struct UploadSummary {
     pub bytes_in: u64,
     /// Bytes stored (the container).
     pub bytes_stored: u64,
+    /// Of those, bytes already in the store (tensors shared with other files, or the
+    /// same container uploaded before): the store grew by `bytes_stored - shared_bytes`.
+    pub shared_bytes: u64,
     /// `bytes_stored / bytes_in`.
     pub ratio: f64,
     /// Tensors in the file (0 for non-safetensors files).
@@ -216,6 +220,78 @@ fn publish_lock() -> &'static tokio::sync::Mutex<()> {
     LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
 }
 
+/// Stores a staged container as content-addressed segments, skipping those already in
+/// the store, then its segment list; returns the segments and the bytes shared. A
+/// container stored before (as segments or as one blob) is not stored again.
+async fn store_container(
+    state: &AppState,
+    staged: &Staged,
+) -> Result<(Vec<Segment>, u64), ApiError> {
+    let storage = &state.storage;
+    if let Some(index) = storage.read_index(&staged.container_sha256).await? {
+        return Ok((index.segments, staged.container_size));
+    }
+    if storage
+        .blob_size(&blob_key(&staged.container_sha256))
+        .await?
+        == Some(staged.container_size)
+    {
+        return Ok((Vec::new(), staged.container_size));
+    }
+    let cuts = segments::plan(&staged.manifest, staged.container_size);
+    let (path, ranges) = (staged.file.path().to_path_buf(), cuts.clone());
+    let digests = tokio::task::spawn_blocking(move || sha256_of_ranges(&path, &ranges))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing segments: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("reading the staged upload: {e}")))?;
+    let mut segments = Vec::with_capacity(cuts.len());
+    let mut shared = 0u64;
+    for (range, sha256) in cuts.into_iter().zip(digests) {
+        let len = range.end - range.start;
+        let key = segment_key(&sha256);
+        if storage.blob_size(&key).await? == Some(len) {
+            shared += len;
+        } else {
+            storage
+                .put_object_from_file(&key, staged.file.path(), range)
+                .await?;
+        }
+        segments.push(Segment { sha256, len });
+    }
+    storage
+        .write_index(&Index {
+            version: 1,
+            container_sha256: staged.container_sha256.clone(),
+            segments: segments.clone(),
+        })
+        .await?;
+    Ok((segments, shared))
+}
+
+/// SHA-256 (hex) of each byte range of a file.
+fn sha256_of_ranges(
+    path: &std::path::Path,
+    ranges: &[std::ops::Range<u64>],
+) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    ranges
+        .iter()
+        .map(|r| {
+            let mut h = Sha256::new();
+            let mut at = r.start;
+            while at < r.end {
+                let n = ((r.end - at) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], at)?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Ok(hex::encode(h.finalize()))
+        })
+        .collect()
+}
+
 /// Stores the blob (unless an identical one is there), then the pointer; then removes the
 /// replaced version's blob if nothing else uses it.
 async fn publish(
@@ -224,15 +300,7 @@ async fn publish(
     staged: Staged,
 ) -> Result<UploadSummary, ApiError> {
     let key = blob_key(&staged.container_sha256);
-    match state.storage.blob_size(&key).await? {
-        Some(size) if size == staged.container_size => {} // content-addressed: already stored
-        _ => {
-            state
-                .storage
-                .put_blob_from_file(&key, staged.file.path())
-                .await?
-        }
-    }
+    let (segments, shared_bytes) = store_container(state, &staged).await?;
     let previous = state.storage.read_pointer(&target).await.unwrap_or(None);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -247,6 +315,8 @@ async fn publish(
         container_size: staged.container_size,
         uploaded_at: now,
         manifest: staged.manifest,
+        segments,
+        shared_bytes,
     };
     let checked = {
         let _guard = publish_lock().lock().await;
@@ -290,6 +360,7 @@ async fn publish(
         path: target.display(),
         bytes_in: m.original_size,
         bytes_stored: pointer.container_size,
+        shared_bytes: pointer.shared_bytes,
         ratio: ratio(pointer.container_size, m.original_size),
         tensors: m.entries.iter().filter(|e| e.name.is_some()).count(),
         sha256: m.sha256.clone(),
