@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use crate::coders::{huffman, rans, Histogram};
+use crate::coders::{huffman, rans, sparse, Histogram};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::wire::{put_varint, Cursor};
@@ -35,6 +35,8 @@ pub enum Coder {
     Rans,
     /// zstd, for planes with repeats that order-0 coders cannot see.
     Zstd,
+    /// One fill byte plus the scattered exceptions ([`crate::coders::sparse`]).
+    Sparse,
 }
 
 impl Coder {
@@ -45,6 +47,7 @@ impl Coder {
             Coder::Huffman => 2,
             Coder::Rans => 3,
             Coder::Zstd => 4,
+            Coder::Sparse => 5,
         }
     }
 
@@ -55,6 +58,7 @@ impl Coder {
             2 => Coder::Huffman,
             3 => Coder::Rans,
             4 => Coder::Zstd,
+            5 => Coder::Sparse,
             _ => return None,
         })
     }
@@ -67,6 +71,7 @@ impl Coder {
             Coder::Huffman => "huffman",
             Coder::Rans => "rans",
             Coder::Zstd => "zstd",
+            Coder::Sparse => "sparse",
         }
     }
 }
@@ -175,6 +180,14 @@ fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
             coder: Coder::Huffman,
             size: h,
         }
+    };
+    // Nearly constant planes (unchanged elements of a delta): smaller, and a fill to decode.
+    let best = match sparse::encoded_size(hist) {
+        Some(size) if size < best.size => PlaneChoice {
+            coder: Coder::Sparse,
+            size,
+        },
+        _ => best,
     };
     if (best.size as f64) < raw as f64 * (1.0 - opts.min_gain) {
         best
@@ -346,6 +359,7 @@ fn encode_plane(plane: &[u8], hist: &Histogram, coder: Coder) -> Vec<u8> {
         Coder::Constant => p.push(plane[0]),
         Coder::Huffman => huffman::encode(plane, hist, &mut p),
         Coder::Rans => rans::encode(plane, hist, &mut p),
+        Coder::Sparse => sparse::encode(plane, hist, &mut p),
         Coder::Zstd => unreachable!("zstd is chosen per chunk, not per plane"),
     }
     p
@@ -544,6 +558,7 @@ fn decode_plane(coder: Coder, payload: &[u8], plane: &mut [u8]) -> Result<(), Fr
         },
         Coder::Huffman => huffman::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
         Coder::Rans => rans::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
+        Coder::Sparse => sparse::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
         Coder::Zstd => return Err(corrupt("zstd plane inside a multi-plane frame")),
     }
     Ok(())

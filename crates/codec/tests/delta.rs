@@ -210,3 +210,39 @@ fn old_manifests_without_delta_fields_still_parse() {
     assert!(!json.contains("delta") && !json.contains("base"));
     assert_eq!(decompress_bytes(&fz).unwrap(), new);
 }
+
+#[test]
+fn sparse_changes_take_the_sparse_coder() {
+    // A fine-tune that touched one element in 500 (e.g. a few rows of an embedding):
+    // the XOR planes are nearly all zero.
+    let base = ckpt("ckpt.step0200.bf16.safetensors");
+    let header_len = 8 + u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
+    let mut new = base.clone();
+    let mut changed = 0usize;
+    for i in (header_len..new.len()).step_by(1000) {
+        new[i] ^= 0x5A;
+        changed += 1;
+    }
+    let (fz, m) = compress_delta(&new, &base, EncodeOptions::default()).unwrap();
+    assert_eq!(decompress_delta(&fz, &base).unwrap(), new);
+    let sparse_planes: u64 = m
+        .entries
+        .iter()
+        .filter_map(|e| e.coders.get("sparse"))
+        .sum();
+    assert!(
+        sparse_planes > 0,
+        "no sparse plane: {:?}",
+        m.entries[0].coders
+    );
+    eprintln!(
+        "sparse delta: {} bytes of frames for {changed} changed bytes",
+        m.compressed_data_len()
+    );
+    // About two bytes per changed byte, plus per-frame headers.
+    let data = m.compressed_data_len() as usize;
+    assert!(
+        data < changed * 3 + 4_000,
+        "{data} bytes for {changed} changes"
+    );
+}

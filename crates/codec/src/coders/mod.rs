@@ -8,5 +8,6 @@
 mod histogram;
 pub mod huffman;
 pub mod rans;
+pub mod sparse;
 
 pub use histogram::{CorruptStream, Histogram};
