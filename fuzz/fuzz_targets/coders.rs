@@ -1,6 +1,6 @@
-//! Any bytes as a Huffman or rANS stream, for any output length: never a panic.
+//! Any bytes as a Huffman, rANS or sparse stream, for any output length: never a panic.
 #![no_main]
-use floatzip_codec::coders::{huffman, rans};
+use floatzip_codec::coders::{huffman, rans, sparse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -8,4 +8,5 @@ fuzz_target!(|data: &[u8]| {
     let mut out = vec![0u8; n as usize * 37];
     let _ = huffman::decode(stream, &mut out);
     let _ = rans::decode(stream, &mut out);
+    let _ = sparse::decode(stream, &mut out);
 });
