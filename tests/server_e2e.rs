@@ -1632,6 +1632,15 @@ async fn tensors_shared_between_files_are_stored_once() {
         .await
         .unwrap();
     assert_eq!(m["container"]["shared_bytes"], shared, "{name}");
+    let list: serde_json::Value = c
+        .get(format!("{}/v1/models", t.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total_unique_stored_size"], dir_bytes(&segments));
 
     // Deleting the first file keeps everything the second uses.
     let del = c

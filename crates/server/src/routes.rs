@@ -522,11 +522,19 @@ async fn list_models(
     st.auth.require_read(&headers)?;
     let ptrs = st.storage.list_pointers().await?;
     let (mut orig, mut stored) = (0u64, 0u64);
+    // What the store holds once: each segment (or unsegmented container) counted once.
+    let mut unique = std::collections::HashMap::new();
     let files: Vec<_> = ptrs
         .iter()
         .map(|p| {
             orig += p.manifest.original_size;
             stored += p.container_size;
+            if p.segments.is_empty() {
+                unique.insert(p.container_sha256.clone(), p.container_size);
+            }
+            for s in &p.segments {
+                unique.insert(s.sha256.clone(), s.len);
+            }
             json!({
                 "org": p.org, "name": p.name, "file": p.file,
                 "url": format!("/v1/models/{}/{}/{}", p.org, p.name, p.file),
@@ -543,6 +551,8 @@ async fn list_models(
         "files": files,
         "total_original_size": orig,
         "total_stored_size": stored,
+        // Bytes the store holds for these files: shared tensors counted once.
+        "total_unique_stored_size": unique.values().sum::<u64>(),
         "ratio": crate::storage::ratio(stored, orig),
     })))
 }
