@@ -224,3 +224,203 @@ pub fn decompress_delta(fz: &[u8], base: &[u8]) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+/// Original tensors of a base file, by name: what delta coding and decoding need of it.
+/// In memory ([`Base`]) or decoded from a container on demand ([`ArchiveBase`]).
+pub trait BaseTensors: Sync {
+    /// The base file's identity.
+    fn base_ref(&self) -> BaseRef;
+    /// The bytes of base tensor `name` if it has this dtype (as the header names it) and
+    /// shape; `None` if the base has no such tensor.
+    fn tensor_like(&self, name: &str, dtype: &str, shape: &[u64]) -> Result<Option<Vec<u8>>>;
+}
+
+impl BaseTensors for Base<'_> {
+    fn base_ref(&self) -> BaseRef {
+        BaseRef {
+            sha256: self.sha256.clone(),
+            size: self.bytes.len() as u64,
+        }
+    }
+
+    fn tensor_like(&self, name: &str, dtype: &str, shape: &[u64]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tensor(name)
+            .filter(|(t, _)| t.dtype_name == dtype && t.shape == shape)
+            .map(|(_, b)| b.to_vec()))
+    }
+}
+
+/// A base stored as a container: tensors are decoded (and checked) when asked for. If the
+/// container is itself a delta, `parent` is its base, and so on down the chain.
+pub struct ArchiveBase<'a, S: ReadAt> {
+    archive: &'a FzArchive<S>,
+    parent: Option<&'a dyn BaseTensors>,
+}
+
+impl<'a, S: ReadAt> ArchiveBase<'a, S> {
+    /// A base read from `archive`; `parent` must be given if it is a delta container.
+    pub fn new(archive: &'a FzArchive<S>, parent: Option<&'a dyn BaseTensors>) -> Result<Self> {
+        let m = archive.manifest();
+        match (&m.base, parent) {
+            (Some(b), None) => Err(Error::BaseRequired(b.sha256.clone())),
+            (Some(b), Some(p)) if p.base_ref().sha256 != b.sha256 => Err(Error::BaseMismatch {
+                what: "the base's base (SHA-256)".into(),
+                expected: b.sha256.clone(),
+                actual: p.base_ref().sha256,
+            }),
+            _ => Ok(ArchiveBase { archive, parent }),
+        }
+    }
+}
+
+impl<S: ReadAt> BaseTensors for ArchiveBase<'_, S> {
+    fn base_ref(&self) -> BaseRef {
+        let m = self.archive.manifest();
+        BaseRef {
+            sha256: m.sha256.clone(),
+            size: m.original_size,
+        }
+    }
+
+    fn tensor_like(&self, name: &str, dtype: &str, shape: &[u64]) -> Result<Option<Vec<u8>>> {
+        let m = self.archive.manifest();
+        let Some(idx) = m.find_tensor(name) else {
+            return Ok(None);
+        };
+        let e = &m.entries[idx];
+        if e.dtype != dtype || e.shape != shape {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(e.original_len() as usize);
+        self.archive.decode_entry_stored(idx, &mut out)?;
+        if e.delta {
+            let parent = self.parent.ok_or_else(|| {
+                Error::BaseRequired(
+                    m.base
+                        .as_ref()
+                        .map_or_else(String::new, |b| b.sha256.clone()),
+                )
+            })?;
+            let b = parent
+                .tensor_like(name, dtype, shape)?
+                .ok_or_else(|| Error::BaseMismatch {
+                    what: e.label(),
+                    expected: e.base_blake3.clone().unwrap_or_default(),
+                    actual: "no such tensor in the base".into(),
+                })?;
+            let actual = blake3::hash(&b).to_hex().to_string();
+            if Some(&actual) != e.base_blake3.as_ref() || b.len() != out.len() {
+                return Err(Error::BaseMismatch {
+                    what: e.label(),
+                    expected: e.base_blake3.clone().unwrap_or_default(),
+                    actual,
+                });
+            }
+            xor_into(&mut out, &b);
+        }
+        check_entry_digest(e, &out)?;
+        Ok(Some(out))
+    }
+}
+
+/// Re-codes the standalone container `new` against `base`, one tensor at a time: each
+/// tensor with a counterpart (same name, dtype, shape) is decoded, XORed with the base
+/// tensor and coded again; the smaller of that and its standalone frames (copied as they
+/// are) is kept. Writes the delta container to `out`. Memory: a few times the largest
+/// tensor, never the whole file.
+pub fn recode_as_delta<S: ReadAt, W: std::io::Write>(
+    new: &FzArchive<S>,
+    base: &dyn BaseTensors,
+    opts: &crate::writer::EncodeOptions,
+    mut out: W,
+) -> Result<(W, Manifest)> {
+    let m = new.manifest();
+    if m.base.is_some() {
+        return Err(Error::InvalidArgument(
+            "the container to re-code is already a delta".into(),
+        ));
+    }
+    let mut written = 0u64;
+    let put = |out: &mut W, b: &[u8], written: &mut u64| -> Result<()> {
+        out.write_all(b)?;
+        *written += b.len() as u64;
+        Ok(())
+    };
+    put(&mut out, &container_header(m.prefix_len), &mut written)?;
+    put(&mut out, new.prefix(), &mut written)?;
+    let mut entries = Vec::with_capacity(m.entries.len());
+    for (idx, e) in m.entries.iter().enumerate() {
+        let stored = new.read_frames(idx, 0, e.frames.len())?;
+        let base_bytes = match &e.name {
+            Some(name) if !e.frames.is_empty() => base.tensor_like(name, &e.dtype, &e.shape)?,
+            _ => None,
+        };
+        let mut entry = e.clone();
+        let mut frames = stored;
+        if let Some(b) = base_bytes.filter(|b| b.len() as u64 == e.original_len()) {
+            let mut xored = Vec::with_capacity(b.len());
+            new.decode_entry_stored(idx, &mut xored)?;
+            check_entry_digest(e, &xored)?;
+            xor_into(&mut xored, &b);
+            let coded = encode_entry(&xored, e, &opts.frame);
+            if coded.bytes.len() < frames.len() {
+                entry.frames = coded.frames;
+                entry.floor_bytes = coded.floor_bytes;
+                entry.layouts = coded.layouts;
+                entry.coders = coded.coders;
+                entry.delta = true;
+                entry.base_blake3 = Some(blake3::hash(&b).to_hex().to_string());
+                frames = coded.bytes;
+            }
+        }
+        entry.compressed = [written, written + frames.len() as u64];
+        put(&mut out, &frames, &mut written)?;
+        entries.push(entry);
+    }
+    let frames_end = written;
+    put(&mut out, &[END_TAG], &mut written)?;
+    let manifest = Manifest {
+        entries,
+        base: Some(base.base_ref()),
+        ..m.clone()
+    };
+    manifest.validate(frames_end)?;
+    let tail = manifest_and_trailer(&manifest, written);
+    put(&mut out, &tail, &mut written)?;
+    Ok((out, manifest))
+}
+
+/// One entry's bytes coded as frames of the entry's chunk size.
+struct CodedEntry {
+    bytes: Vec<u8>,
+    frames: Vec<u64>,
+    floor_bytes: f64,
+    layouts: std::collections::BTreeMap<String, u64>,
+    coders: std::collections::BTreeMap<String, u64>,
+}
+
+fn encode_entry(
+    bytes: &[u8],
+    e: &crate::manifest::Entry,
+    opts: &crate::frame::FrameOptions,
+) -> CodedEntry {
+    let mut c = CodedEntry {
+        bytes: Vec::new(),
+        frames: Vec::new(),
+        floor_bytes: 0.0,
+        layouts: Default::default(),
+        coders: Default::default(),
+    };
+    for chunk in bytes.chunks(e.chunk_bytes.max(1) as usize) {
+        let before = c.bytes.len();
+        let stats = crate::frame::encode_frame(chunk, e.coded_as, opts, &mut c.bytes);
+        c.frames.push((c.bytes.len() - before) as u64);
+        c.floor_bytes += stats.floor_bytes;
+        *c.layouts.entry(stats.layout.name().into()).or_default() += 1;
+        for k in &stats.coders {
+            *c.coders.entry(k.name().into()).or_default() += 1;
+        }
+    }
+    c
+}

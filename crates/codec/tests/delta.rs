@@ -246,3 +246,73 @@ fn sparse_changes_take_the_sparse_coder() {
         "{data} bytes for {changed} changes"
     );
 }
+
+#[test]
+fn recoding_a_container_against_a_stored_base_chain() {
+    use floatzip_codec::delta::{recode_as_delta, ArchiveBase, BaseTensors};
+    let opts = EncodeOptions::default();
+    let (s0, s200, ft) = (
+        ckpt("ckpt.step0000.bf16.safetensors"),
+        ckpt("ckpt.step0200.bf16.safetensors"),
+        ckpt("ckpt-ft.step1000.bf16.safetensors"),
+    );
+    let root = FzArchive::open(compress_bytes(&s0, opts).unwrap().0).unwrap();
+    let root_base = ArchiveBase::new(&root, None).unwrap();
+
+    // step 200 against the stored step 0: the same bytes as the in-memory delta coder.
+    let plain200 = compress_bytes(&s200, opts).unwrap().0;
+    let (d200, m200) = recode_as_delta(
+        &FzArchive::open(plain200.clone()).unwrap(),
+        &root_base,
+        &opts,
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(decompress_delta(&d200, &s0).unwrap(), s200);
+    assert!(
+        d200.len() < plain200.len() / 2,
+        "{} vs {}",
+        d200.len(),
+        plain200.len()
+    );
+    assert_eq!(
+        d200.len(),
+        compress_delta(&s200, &s0, opts).unwrap().0.len()
+    );
+    assert_eq!(
+        m200.base.as_ref().unwrap().sha256,
+        root_base.base_ref().sha256
+    );
+
+    // The fine-tune against step 200, which is itself a delta: the chain is decoded.
+    let d200_archive = FzArchive::open(d200).unwrap();
+    assert!(matches!(
+        ArchiveBase::new(&d200_archive, None),
+        Err(Error::BaseRequired(_))
+    ));
+    let mid = ArchiveBase::new(&d200_archive, Some(&root_base)).unwrap();
+    for t in tensors(&s200) {
+        let got = mid
+            .tensor_like(&t.name, t.dtype, &t.shape)
+            .unwrap()
+            .unwrap();
+        assert!(got == t.data, "{}", t.name);
+    }
+    let plain_ft = compress_bytes(&ft, opts).unwrap().0;
+    let (d_ft, _) = recode_as_delta(
+        &FzArchive::open(plain_ft.clone()).unwrap(),
+        &mid,
+        &opts,
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(decompress_delta(&d_ft, &s200).unwrap(), ft);
+    assert!(d_ft.len() <= plain_ft.len());
+    // A wrong parent is refused.
+    let wrong = FzArchive::open(plain_ft).unwrap();
+    let wrong_base = ArchiveBase::new(&wrong, None).unwrap();
+    assert!(matches!(
+        ArchiveBase::new(&d200_archive, Some(&wrong_base)),
+        Err(Error::BaseMismatch { .. })
+    ));
+}
