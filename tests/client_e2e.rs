@@ -1004,3 +1004,48 @@ async fn an_interrupted_download_resumes_without_refetching_verified_tensors() {
     assert_eq!(r.entries_reused, 0);
     assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), original);
 }
+
+#[tokio::test]
+async fn files_stored_as_deltas_download_through_the_server() {
+    let s = start_server(false).await;
+    let ckpt = |n: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ckpt")
+            .join(n)
+    };
+    push(&s.url(), &ckpt("ckpt.step0000.bf16.safetensors")).await;
+    let new = std::fs::read(ckpt("ckpt.step0200.bf16.safetensors")).unwrap();
+    let f = client(&s.url())
+        .build()
+        .unwrap()
+        .file("org/model", "step200.safetensors")
+        .unwrap();
+    let up = f
+        .upload_delta(
+            &ckpt("ckpt.step0200.bf16.safetensors"),
+            "org/model/ckpt.step0000.bf16.safetensors",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        up.delta_base.as_deref(),
+        Some("org/model/ckpt.step0000.bf16.safetensors")
+    );
+    assert!(up.bytes_stored * 2 < up.bytes_in, "{up:?}");
+    assert!(f.manifest().await.unwrap().manifest.base.is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("step200.safetensors");
+    let report = f.download(&out).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == new);
+    assert!(report.sha256.is_some());
+    no_leftovers(dir.path());
+    let want = tensors_of(&new);
+    let mut n = 0;
+    let mut stream = f.tensors(Filter::all());
+    while let Some(t) = stream.next().await {
+        let t = t.unwrap();
+        assert!(want[&t.name].2 == t.bytes, "{}", t.name);
+        n += 1;
+    }
+    assert_eq!(n, want.len());
+}

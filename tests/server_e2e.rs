@@ -1678,3 +1678,155 @@ async fn tensors_shared_between_files_are_stored_once() {
     assert!(del.status().is_success());
     assert_eq!(dir_bytes(t.data.path()), 0, "{:?}", t.snapshot());
 }
+
+fn ckpt_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ckpt")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn delta_uploads_decode_through_their_base_chain() {
+    let t = start().await;
+    let c = reqwest::Client::new();
+    let s0 = ckpt_fixture("ckpt.step0000.bf16.safetensors");
+    let s200 = ckpt_fixture("ckpt.step0200.bf16.safetensors");
+    let ft = ckpt_fixture("ckpt-ft.step1000.bf16.safetensors");
+    let url = |f: &str| t.file_url("acme", "run", f);
+
+    // A base that does not exist: 404, nothing stored.
+    let before = t.snapshot();
+    let r = t
+        .upload(
+            &c,
+            &format!("{}?base=acme/run/nope.safetensors", url("x.safetensors")),
+            s200.clone(),
+        )
+        .await;
+    let (status, code) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    assert_eq!(t.snapshot(), before);
+
+    let r = t.upload(&c, &url("step0.safetensors"), s0.clone()).await;
+    assert_eq!(r.status(), 201);
+    let plain: serde_json::Value = t
+        .upload(&c, &url("plain200.safetensors"), s200.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = t
+        .upload(
+            &c,
+            &format!(
+                "{}?base=acme/run/step0.safetensors",
+                url("step200.safetensors")
+            ),
+            s200.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let d200: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(d200["delta_base"], "acme/run/step0.safetensors");
+    assert!(
+        d200["bytes_stored"].as_u64().unwrap() * 2 < plain["bytes_stored"].as_u64().unwrap(),
+        "delta {d200} vs standalone {plain}"
+    );
+    // A delta of a delta: decoded through both.
+    let r = t
+        .upload(
+            &c,
+            &format!(
+                "{}?base=acme/run/step200.safetensors",
+                url("ft.safetensors")
+            ),
+            ft.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let dft: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(dft["delta_base"], "acme/run/step200.safetensors");
+
+    // Replacing the base file later does not change what the delta decodes against.
+    assert_eq!(
+        t.upload(&c, &url("step0.safetensors"), ft.clone())
+            .await
+            .status(),
+        200
+    );
+    for (f, want) in [("step200.safetensors", &s200), ("ft.safetensors", &ft)] {
+        let got = c.get(url(f)).send().await.unwrap();
+        assert_eq!(got.status(), 200);
+        assert!(got.bytes().await.unwrap()[..] == want[..], "{f}");
+        // A range inside a delta tensor.
+        let got = c
+            .get(url(f))
+            .header("Range", "bytes=5000-90000")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 206);
+        assert!(
+            got.bytes().await.unwrap()[..] == want[5000..=90000],
+            "{f} range"
+        );
+    }
+    let m: serde_json::Value = c
+        .get(format!("{}/manifest", url("ft.safetensors")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["delta_base"]["chain"], 2);
+
+    // A chain at its cap re-bases: stored standalone.
+    let mut prev = "ft.safetensors".to_string();
+    for i in 0..3 {
+        let name = format!("more{i}.safetensors");
+        let r = t
+            .upload(
+                &c,
+                &format!("{}?base=acme/run/{prev}", url(&name)),
+                s200.clone(),
+            )
+            .await;
+        let v: serde_json::Value = r.json().await.unwrap();
+        let chain_after = 3 + i;
+        if chain_after <= 4 {
+            assert_eq!(v["delta_base"], format!("acme/run/{prev}"), "{v}");
+        } else {
+            assert!(v.get("delta_base").is_none(), "{v}");
+        }
+        prev = name;
+    }
+
+    // Deleting every file removes every blob and segment, bases last.
+    for f in [
+        "step0.safetensors",
+        "plain200.safetensors",
+        "step200.safetensors",
+    ] {
+        let d = c.delete(url(f)).bearer_auth(WRITE).send().await.unwrap();
+        assert!(d.status().is_success());
+    }
+    let got = c.get(url("ft.safetensors")).send().await.unwrap();
+    assert!(
+        got.bytes().await.unwrap()[..] == ft[..],
+        "ft after its bases' files were deleted"
+    );
+    for f in [
+        "ft.safetensors",
+        "more0.safetensors",
+        "more1.safetensors",
+        "more2.safetensors",
+    ] {
+        let d = c.delete(url(f)).bearer_auth(WRITE).send().await.unwrap();
+        assert!(d.status().is_success());
+    }
+    assert_eq!(dir_bytes(t.data.path()), 0, "{:?}", t.snapshot());
+}

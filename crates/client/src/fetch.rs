@@ -500,6 +500,59 @@ impl Worker<'_> {
     }
 }
 
+/// Hands on entry `idx`'s verified original bytes: to the consumer, or written into the
+/// file (and recorded for resume and the whole-file hash).
+pub(crate) async fn deliver_verified(
+    ctx: &Ctx,
+    m: &Manifest,
+    dest: &Dest,
+    idx: usize,
+    bytes: Vec<u8>,
+) -> Result<()> {
+    let e = &m.entries[idx];
+    ctx.progress.entry_verified();
+    match dest {
+        Dest::Memory(tx) => {
+            let Some(name) = e.name.clone() else {
+                return Ok(());
+            };
+            let t = Tensor {
+                name,
+                dtype: e.dtype.clone(),
+                shape: e.shape.clone(),
+                bytes,
+            };
+            tx.send(Ok(t))
+                .await
+                .map_err(|_| Error::Internal("the tensor stream was dropped".into()))
+        }
+        Dest::File {
+            file,
+            path,
+            offsets,
+            log,
+            sha,
+        } => {
+            use std::os::unix::fs::FileExt;
+            let at = offsets
+                .get(idx)
+                .copied()
+                .ok_or_else(|| Error::Internal(format!("no offset for entry {idx}")))?;
+            file.write_all_at(&bytes, at)
+                .map_err(|e| Error::io(path.as_ref(), e))?;
+            if let Some(log) = log {
+                log.lock()
+                    .map_err(|_| Error::Internal("progress log poisoned".into()))?
+                    .record(idx)?;
+            }
+            if let Some(sha) = sha {
+                sha.entry_done(idx);
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Awaits the oldest decode task.
 async fn front(
     q: &mut Inflight,

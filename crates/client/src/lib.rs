@@ -450,6 +450,12 @@ pub struct UploadSummary {
     /// Whether an earlier upload under the same name was replaced.
     #[serde(default)]
     pub replaced: bool,
+    /// Of `bytes_stored`, bytes the store already held (tensors shared with other files).
+    #[serde(default)]
+    pub shared_bytes: u64,
+    /// `org/name/file` of the base the file was stored as a delta against, if it was.
+    #[serde(default)]
+    pub delta_base: Option<String>,
 }
 
 struct FileInner {
@@ -603,20 +609,30 @@ impl RemoteFile {
             return Ok(Vec::new());
         }
         let url = self.container_url(rm);
-        let (start, end) = (CONTAINER_HEADER_LEN, CONTAINER_HEADER_LEN + len);
+        let start = CONTAINER_HEADER_LEN;
+        self.fetch_range(&url, start, start + len, "the safetensors header")
+            .await
+    }
+
+    /// Bytes `start..end` of `url` (a length the validated manifest gave), with retries;
+    /// a `200` answer is read from byte 0 and skipped up to `start`.
+    async fn fetch_range(&self, url: &str, start: u64, end: u64, what: &str) -> Result<Vec<u8>> {
+        let len = (end - start) as usize;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let ctx = self.ctx();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = self.send_with_retries(&url, Some((start, end))).await?;
-            let skip = match resp.status() {
+            let resp = self.send_with_retries(url, Some((start, end))).await?;
+            let mut skip = match resp.status() {
                 StatusCode::PARTIAL_CONTENT => 0,
-                // The whole container from byte 0: a restart, so skip to the header.
+                // The whole representation from byte 0: a restart, so skip to `start`.
                 StatusCode::OK => start,
-                _ => return Err(status_error(&url, resp, Some((start, end))).await),
+                _ => return Err(status_error(url, resp, Some((start, end))).await),
             };
-            let mut out = Vec::with_capacity(len as usize);
-            let mut skip = skip;
+            let mut out = Vec::with_capacity(len);
             let mut body = resp.bytes_stream();
             let failure = loop {
                 match tokio::time::timeout(ctx.opts.stall_timeout, body.next()).await {
@@ -631,9 +647,9 @@ impl RemoteFile {
                         let n = skip.min(c.len() as u64);
                         c = &c[n as usize..];
                         skip -= n;
-                        let room = len as usize - out.len();
+                        let room = len - out.len();
                         out.extend_from_slice(&c[..c.len().min(room)]);
-                        if out.len() == len as usize {
+                        if out.len() == len {
                             return Ok(out);
                         }
                     }
@@ -641,13 +657,51 @@ impl RemoteFile {
             };
             if attempt > ctx.opts.retries {
                 return Err(Error::Truncated {
-                    url,
+                    url: url.to_string(),
                     attempts: attempt,
-                    detail: format!("the safetensors header: {failure}"),
+                    detail: format!("{what}: {failure}"),
                 });
             }
             ctx.progress.retries.fetch_add(1, Relaxed);
         }
+    }
+
+    /// For a file stored as a delta against a base (its manifest names one): the frames
+    /// need the base tensors, which only the server has, so each wanted entry's original
+    /// bytes are fetched (the server decodes the chain) and verified like decoded frames.
+    async fn run_decoded(
+        &self,
+        rm: &Arc<RemoteManifest>,
+        jobs: Vec<Job>,
+        dest: Dest,
+    ) -> Result<()> {
+        let m = &rm.manifest;
+        for i in jobs.iter().flat_map(|j| j.first..j.last) {
+            let e = &m.entries[i];
+            let mut tries = 0;
+            let bytes = loop {
+                tries += 1;
+                let b = self
+                    .fetch_range(&self.inner.url, e.original[0], e.original[1], &e.label())
+                    .await?;
+                if blake3::hash(&b).to_hex().as_str() == e.blake3.to_ascii_lowercase() {
+                    break b;
+                }
+                if tries > 1 {
+                    return Err(Error::Integrity {
+                        what: e.label(),
+                        reason: "the decoded bytes do not match the tensor's BLAKE3 digest".into(),
+                    });
+                }
+                self.ctx().progress.refetches.fetch_add(1, Relaxed);
+            };
+            self.ctx()
+                .progress
+                .original_bytes
+                .fetch_add(bytes.len() as u64, Relaxed);
+            fetch::deliver_verified(self.ctx(), m, &dest, i, bytes).await?;
+        }
+        Ok(())
     }
 
     /// The safetensors header, fetched and checked against the manifest.
@@ -679,6 +733,9 @@ impl RemoteFile {
 
     /// Runs jobs with `opts.jobs` in flight; the first error stops the others.
     async fn run_jobs(&self, rm: &Arc<RemoteManifest>, jobs: Vec<Job>, dest: Dest) -> Result<()> {
+        if rm.manifest.base.is_some() {
+            return self.run_decoded(rm, jobs, dest).await;
+        }
         let url = Arc::new(self.container_url(rm));
         let m = Arc::new(rm.manifest.clone());
         let mut set = JoinSet::new();
@@ -962,6 +1019,17 @@ impl RemoteFile {
     /// Uploads the local file at `path` under this name (needs a write token). The file's
     /// SHA-256 is declared, so the server stores it only if every byte arrived intact.
     pub async fn upload(&self, path: &Path) -> Result<UploadSummary> {
+        self.upload_with(path, None).await
+    }
+
+    /// [`upload`](Self::upload), asking the server to store the file as a delta against
+    /// `base` (`org/name/file` on the same server, e.g. the previous checkpoint) where
+    /// that is smaller; downloads are unchanged.
+    pub async fn upload_delta(&self, path: &Path, base: &str) -> Result<UploadSummary> {
+        self.upload_with(path, Some(base)).await
+    }
+
+    async fn upload_with(&self, path: &Path, base: Option<&str>) -> Result<UploadSummary> {
         let p2 = path.to_path_buf();
         let sha = tokio::task::spawn_blocking(move || resume::sha256_file(&p2))
             .await
@@ -989,7 +1057,11 @@ impl RemoteFile {
                 }
             }
         });
-        let url = format!("{}?sha256={sha}", self.inner.url);
+        let mut url = format!("{}?sha256={sha}", self.inner.url);
+        if let Some(b) = base {
+            url.push_str("&base=");
+            url.extend(form_urlencoded::byte_serialize(b.as_bytes()));
+        }
         let req = self
             .ctx()
             .auth(self.ctx().http.put(&url))

@@ -424,3 +424,53 @@ fn encode_entry(
     }
     c
 }
+
+/// Decodes frames `first..` of a delta entry from `raw` (as [`decode_entry_frames`] does
+/// for standalone entries) and XORs them with `base`: the base tensor's bytes over the
+/// same range of the tensor. Appends the original bytes to `out`.
+///
+/// [`decode_entry_frames`]: crate::archive::decode_entry_frames
+pub fn decode_delta_frames(
+    entry: &crate::manifest::Entry,
+    first: usize,
+    raw: &[u8],
+    base: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let start = out.len();
+    crate::archive::decode_entry_frames_raw(entry, first, raw, out)?;
+    let decoded = out.len() - start;
+    if decoded != base.len() {
+        out.truncate(start);
+        return Err(Error::BaseMismatch {
+            what: entry.label(),
+            expected: format!("{decoded} base bytes"),
+            actual: format!("{} bytes given", base.len()),
+        });
+    }
+    xor_into(&mut out[start..], base);
+    Ok(())
+}
+
+/// Calls `f` with the base made of a chain of stored containers, `root_first[0]` being
+/// a standalone container and each next one a delta against the one before it.
+pub fn with_base_chain<S: ReadAt, R>(
+    root_first: &[FzArchive<S>],
+    f: impl FnOnce(&dyn BaseTensors) -> Result<R>,
+) -> Result<R> {
+    fn level<S: ReadAt, R, F: FnOnce(&dyn BaseTensors) -> Result<R>>(
+        rest: &[FzArchive<S>],
+        parent: Option<&dyn BaseTensors>,
+        f: F,
+    ) -> Result<R> {
+        match (rest.split_first(), parent) {
+            (Some((a, rest)), parent) => {
+                let base = ArchiveBase::new(a, parent)?;
+                level(rest, Some(&base), f)
+            }
+            (None, Some(p)) => f(p),
+            (None, None) => Err(Error::InvalidArgument("an empty base chain".into())),
+        }
+    }
+    level(root_first, None, f)
+}

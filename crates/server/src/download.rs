@@ -16,6 +16,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::Response;
 use bytes::Bytes;
 use floatzip_codec::container::CONTAINER_HEADER_LEN;
+use floatzip_codec::delta::decode_delta_frames;
 use floatzip_codec::{decode_entry_frames, Manifest};
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -167,14 +168,15 @@ fn plan_pieces(m: &Manifest, start: u64, end: u64, target: u64) -> Vec<Piece> {
 
 /// Original bytes `start..end` of the file behind `ptr`, decoded as they are sent.
 pub fn original_body(state: &AppState, ptr: Arc<Pointer>, start: u64, end: u64) -> Body {
-    let pieces = plan_pieces(&ptr.manifest, start, end, PIECE_BYTES);
+    let chain = Arc::new(base_chain(ptr));
+    let pieces = plan_pieces(&chain[0].manifest, start, end, PIECE_BYTES);
     let state = state.clone();
     let metrics = state.metrics.clone();
     let stream = futures_util::stream::iter(pieces)
         .map(move |p| {
-            let (state, ptr) = (state.clone(), ptr.clone());
+            let (state, chain) = (state.clone(), chain.clone());
             async move {
-                fetch_piece(&state, ptr, p).await.map_err(|e| {
+                fetch_piece(&state, chain, 0, p).await.map_err(|e| {
                     // The status line is gone; all we can do is cut the body short.
                     tracing::error!(error = %e, "download aborted");
                     io::Error::other(e.to_string())
@@ -188,7 +190,76 @@ pub fn original_body(state: &AppState, ptr: Arc<Pointer>, start: u64, end: u64) 
     Body::from_stream(stream)
 }
 
-async fn fetch_piece(state: &AppState, ptr: Arc<Pointer>, p: Piece) -> Result<Bytes, ApiError> {
+/// A file's pointer followed by the pointers of the bases it decodes against (one clone
+/// per request, so pieces share them).
+fn base_chain(ptr: Arc<Pointer>) -> Vec<Arc<Pointer>> {
+    let mut chain = vec![ptr];
+    while let Some(b) = chain.last().and_then(|p| p.base.clone()) {
+        chain.push(Arc::new(*b));
+    }
+    chain
+}
+
+/// Original bytes `start..end` of `chain[level]`, decoded whole (for a delta's base).
+fn original_bytes(
+    state: &AppState,
+    chain: Arc<Vec<Arc<Pointer>>>,
+    level: usize,
+    start: u64,
+    end: u64,
+) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, ApiError>> {
+    let state = state.clone();
+    Box::pin(async move {
+        let ptr = chain
+            .get(level)
+            .ok_or_else(|| ApiError::CorruptStorage("a delta without its base".into()))?;
+        let pieces = plan_pieces(&ptr.manifest, start, end, PIECE_BYTES);
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for p in pieces {
+            out.extend_from_slice(&fetch_piece(&state, chain.clone(), level, p).await?);
+        }
+        Ok(out)
+    })
+}
+
+/// The bytes of the base tensor that entry `idx` of `ptr` (a delta entry) was coded
+/// against, over original range `range` of the entry.
+async fn base_bytes(
+    state: &AppState,
+    chain: &Arc<Vec<Arc<Pointer>>>,
+    level: usize,
+    idx: usize,
+    range: Range<u64>,
+) -> Result<Vec<u8>, ApiError> {
+    let e = &chain[level].manifest.entries[idx];
+    let base = chain.get(level + 1).ok_or_else(|| {
+        ApiError::CorruptStorage(format!("{} is a delta without a base", e.label()))
+    })?;
+    let be = e
+        .name
+        .as_deref()
+        .and_then(|n| base.manifest.find_tensor(n))
+        .map(|i| &base.manifest.entries[i])
+        .filter(|be| {
+            be.dtype == e.dtype && be.shape == e.shape && be.original_len() == e.original_len()
+        })
+        .ok_or_else(|| {
+            ApiError::CorruptStorage(format!("the base has no counterpart of {}", e.label()))
+        })?;
+    let (b, en) = (
+        be.original[0] + (range.start - e.original[0]),
+        be.original[0] + (range.end - e.original[0]),
+    );
+    original_bytes(state, chain.clone(), level + 1, b, en).await
+}
+
+async fn fetch_piece(
+    state: &AppState,
+    chain: Arc<Vec<Arc<Pointer>>>,
+    level: usize,
+    p: Piece,
+) -> Result<Bytes, ApiError> {
+    let ptr = chain[level].clone();
     match p {
         Piece::Prefix(a, b) => {
             let base = CONTAINER_HEADER_LEN;
@@ -209,6 +280,13 @@ async fn fetch_piece(state: &AppState, ptr: Arc<Pointer>, p: Piece) -> Result<By
                 .storage
                 .get_range(&ptr.blob, &ptr.segments, comp)
                 .await?;
+            let e = &ptr.manifest.entries[entry];
+            let base = if e.delta {
+                let ob = e.frame_original_range(first).0;
+                Some(base_bytes(state, &chain, level, entry, ob..ob + decoded).await?)
+            } else {
+                None
+            };
             let _slot = state
                 .decode_slots
                 .acquire()
@@ -220,7 +298,11 @@ async fn fetch_piece(state: &AppState, ptr: Arc<Pointer>, p: Piece) -> Result<By
                 let e = &ptr.manifest.entries[entry];
                 // `decoded` comes from the validated manifest: at most one piece's frames.
                 let mut out = Vec::with_capacity(decoded as usize);
-                decode_entry_frames(e, first, &raw, &mut out).map_err(ApiError::stored)?;
+                match &base {
+                    Some(b) => decode_delta_frames(e, first, &raw, b, &mut out),
+                    None => decode_entry_frames(e, first, &raw, &mut out),
+                }
+                .map_err(ApiError::stored)?;
                 metrics.add_decode(t.elapsed());
                 if out.len() as u64 != decoded {
                     return Err(ApiError::CorruptStorage(format!(

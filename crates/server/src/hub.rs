@@ -337,7 +337,8 @@ async fn purge_repo(storage: &Storage, org: &str, name: &str) -> Result<(), ApiE
     Ok(())
 }
 
-/// Whether a pointer copy of any revision refers to `blob` (a `blobs/{sha256}.fz` key).
+/// Whether a pointer copy of any revision refers to `blob` (a `blobs/{sha256}.fz` key),
+/// as its own container or as a delta base it decodes against.
 pub async fn blob_in_revisions(storage: &Storage, blob: &str) -> Result<bool, ApiError> {
     let Some(sha) = blob
         .strip_prefix("blobs/")
@@ -352,7 +353,19 @@ pub async fn blob_in_revisions(storage: &Storage, blob: &str) -> Result<bool, Ap
         .map_ok(|m| m.location)
         .try_collect()
         .await?;
-    Ok(keys.iter().any(|k| k.as_ref().ends_with(&suffix)))
+    if keys.iter().any(|k| k.as_ref().ends_with(&suffix)) {
+        return Ok(true);
+    }
+    // Delta files keep their bases: those are only found by reading the copies (one
+    // read per stored revision file, on deletes only).
+    for k in keys.iter().filter(|k| k.as_ref().contains("/files/")) {
+        if let Some(p) = storage.read_pointer_at(k).await? {
+            if p.uses_blob(blob) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// A failure answered the way `huggingface_hub` understands: the [`ApiError`] response

@@ -89,6 +89,8 @@ struct Query {
     format: Option<String>,
     decoded: bool,
     sha256: Option<String>,
+    /// Upload: code against this stored file (`org/name/path`).
+    base: Option<String>,
 }
 
 fn parse_query(q: Option<String>) -> Result<Query, ApiError> {
@@ -98,6 +100,7 @@ fn parse_query(q: Option<String>) -> Result<Query, ApiError> {
             "format" => out.format = Some(v.into_owned()),
             "decoded" => out.decoded = matches!(&*v, "" | "1" | "true"),
             "sha256" => out.sha256 = Some(v.into_owned()),
+            "base" => out.base = Some(v.into_owned()),
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown query parameter {other:?}"
@@ -258,14 +261,15 @@ async fn put_file(
                     .ok_or_else(|| ApiError::BadRequest("Content-Length is not a number".into()))?,
             ),
         };
+        let base = q.base.as_deref().map(parse_base).transpose()?;
         if st.tasks.is_closed() {
             return Err(ApiError::ShuttingDown);
         }
-        Ok((f, declared, content_length))
+        Ok((f, declared, content_length, base))
     })();
     // Unless deferred, a successful upload records a Hub revision ([`crate::hub`]).
     let record = !headers.contains_key(crate::hub::DEFER_HEADER);
-    let (f, declared, content_length) = match checked {
+    let (f, declared, content_length, base) = match checked {
         Ok(v) => v,
         Err(e) => {
             // Read (a bounded part of) what the client is still sending, so it sees this
@@ -279,7 +283,7 @@ async fn put_file(
     let st2 = st.clone();
     let task = st.tasks.spawn(async move {
         let (org, name) = (f.org.clone(), f.name.clone());
-        let summary = upload::run(st2.clone(), f, declared, content_length, body).await?;
+        let summary = upload::run(st2.clone(), f, declared, content_length, base, body).await?;
         let revision = match record {
             true => crate::hub::record_revision(&st2, &org, &name).await?,
             false => None,
@@ -309,6 +313,19 @@ async fn put_file(
             st.metrics.uploads_failed.fetch_add(1, Relaxed);
             Err(e)
         }
+    }
+}
+
+/// `?base=org/name/path`: the stored file a delta upload is coded against.
+fn parse_base(v: &str) -> Result<ModelFile, ApiError> {
+    let mut parts = v.trim_start_matches('/').splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(org), Some(name), Some(path)) => {
+            ModelFile::new(org.to_string(), name.to_string(), path.to_string())
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "base {v:?} is not org/name/file"
+        ))),
     }
 }
 
@@ -394,6 +411,12 @@ async fn get_manifest(
         },
         "ratio": p.ratio(),
         "uploaded_at": p.uploaded_at,
+        // A delta: the file its tensors are decoded against (and how many bases deep).
+        "delta_base": p.base.as_ref().map(|b| json!({
+            "path": format!("{}/{}/{}", b.org, b.name, b.file),
+            "sha256": b.manifest.sha256,
+            "chain": p.chain_len(),
+        })),
         "manifest": p.manifest,
     }))
     .map_err(|e| ApiError::Internal(e.to_string()))?;

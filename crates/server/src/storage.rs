@@ -108,7 +108,16 @@ pub struct Pointer {
     /// (segments shared with other files), so they cost nothing here.
     #[serde(default)]
     pub shared_bytes: u64,
+    /// For a delta (uploaded with `?base=`): the pointer of the base file as it was then,
+    /// which the container's delta tensors are decoded against (its own `base` too, down
+    /// to a standalone root; at most [`MAX_BASE_CHAIN`] long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<Pointer>>,
 }
+
+/// Longest chain of delta bases: an upload against a base already this deep is stored
+/// standalone (it re-bases: later deltas can use it as their root).
+pub const MAX_BASE_CHAIN: usize = 4;
 
 /// Where a container's bytes are: one object, or segments in order.
 #[derive(Debug, Clone)]
@@ -132,6 +141,16 @@ impl Pointer {
         if !is_sha256_hex(&self.container_sha256) || self.blob != blob_key(&self.container_sha256) {
             return bad("blob key and container digest disagree");
         }
+        match (&self.base, &self.manifest.base) {
+            (None, None) => {}
+            (Some(b), Some(r)) if b.manifest.sha256 == r.sha256 => {
+                if b.chain_len() >= MAX_BASE_CHAIN {
+                    return bad("base chain too long");
+                }
+                b.validate()?;
+            }
+            _ => return bad("base and manifest disagree"),
+        }
         if !self.segments.is_empty() {
             let total = self
                 .segments
@@ -153,6 +172,22 @@ impl Pointer {
             return bad("frames run past the container");
         }
         Ok(())
+    }
+
+    /// How many bases this file's decoding goes through (0 for a standalone file).
+    pub fn chain_len(&self) -> usize {
+        let mut n = 0;
+        let mut p = self;
+        while let Some(b) = &p.base {
+            n += 1;
+            p = b;
+        }
+        n
+    }
+
+    /// Whether this file or any base it decodes against is stored in `blob`.
+    pub fn uses_blob(&self, blob: &str) -> bool {
+        self.blob == blob || self.base.as_ref().is_some_and(|b| b.uses_blob(blob))
     }
 
     /// Where this file's container is.
@@ -282,7 +317,8 @@ impl Storage {
         self.read_pointer_at(&pointer_key(f)).await
     }
 
-    async fn read_pointer_at(&self, key: &Path) -> Result<Option<Pointer>, ApiError> {
+    /// The pointer stored at `key` (checked), or `None` if there is none.
+    pub async fn read_pointer_at(&self, key: &Path) -> Result<Option<Pointer>, ApiError> {
         let got = match self.store.get(key).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -567,7 +603,11 @@ impl Storage {
     /// replicas need no coordination.
     pub async fn collect_blob(&self, blob: &str) -> Result<(), ApiError> {
         // Files of Hub revisions keep their blobs too, so old revisions stay downloadable.
-        let still_used = self.list_pointers().await?.iter().any(|p| p.blob == blob)
+        let still_used = self
+            .list_pointers()
+            .await?
+            .iter()
+            .any(|p| p.uses_blob(blob))
             || crate::hub::blob_in_revisions(self, blob).await?;
         if still_used {
             return Ok(());

@@ -9,12 +9,14 @@
 
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use bytes::Bytes;
+use floatzip_codec::delta::{recode_as_delta, with_base_chain};
 use floatzip_codec::safetensors::{parse_header, sniff};
-use floatzip_codec::{EncodeOptions, FzWriter, Manifest};
+use floatzip_codec::{EncodeOptions, FzArchive, FzWriter, Manifest, ReadAt};
 use futures_util::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -24,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::error::ApiError;
 use crate::names::ModelFile;
 use crate::segments::{self, segment_key, Index, Segment};
-use crate::storage::{blob_key, ratio, Pointer};
+use crate::storage::{blob_key, ratio, Pointer, Storage, MAX_BASE_CHAIN};
 use crate::AppState;
 
 /// Pieces of body buffered between the network and the encoder.
@@ -61,6 +63,10 @@ pub struct UploadSummary {
     pub replaced: bool,
     /// Seconds spent compressing.
     pub encode_seconds: f64,
+    /// `org/name/file` of the base this file was stored as a delta against (uploads with
+    /// `?base=` where the delta was smaller and the base chain below its cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_base: Option<String>,
 }
 
 /// A message to the encoder. The channel closing without [`Msg::End`] means the upload
@@ -86,9 +92,25 @@ pub async fn run(
     target: ModelFile,
     declared_sha256: Option<String>,
     content_length: Option<u64>,
+    base: Option<ModelFile>,
     body: Body,
 ) -> Result<UploadSummary, ApiError> {
     let limits = &state.config.limits;
+    // A delta upload's base must exist before a byte is read.
+    let base = match base {
+        None => None,
+        Some(b) => match state.storage.read_pointer(&b).await {
+            Ok(Some(p)) => Some(Arc::new(p)),
+            Ok(None) => {
+                drain(body.into_data_stream()).await;
+                return Err(ApiError::NotFound(format!("base {}", b.display())));
+            }
+            Err(e) => {
+                drain(body.into_data_stream()).await;
+                return Err(e);
+            }
+        },
+    };
     if let Some(len) = content_length {
         if len > limits.max_upload_bytes {
             let err = ApiError::TooLarge(format!(
@@ -195,7 +217,127 @@ pub async fn run(
             });
         }
     }
-    publish(&state, target, staged).await
+    let (staged, base) = match base {
+        Some(b) if b.chain_len() < MAX_BASE_CHAIN => recode_against(&state, staged, b).await?,
+        Some(b) => {
+            tracing::info!(base = %b.blob, "base chain at its cap: stored standalone (re-based)");
+            (staged, None)
+        }
+        None => (staged, None),
+    };
+    publish(&state, target, staged, base).await
+}
+
+/// Re-codes a staged standalone container as a delta against `base` (tensor by tensor,
+/// on the blocking pool), keeping whichever is smaller; returns the container to store
+/// and the base it needs (`None`: stored standalone).
+async fn recode_against(
+    state: &AppState,
+    staged: Staged,
+    base: Arc<Pointer>,
+) -> Result<(Staged, Option<Box<Pointer>>), ApiError> {
+    let handle = tokio::runtime::Handle::current();
+    let storage = state.storage.clone();
+    let temp_dir = state.config.temp_dir();
+    let opts = EncodeOptions {
+        chunk_bytes: state.config.codec.chunk_bytes,
+        ..EncodeOptions::default()
+    };
+    let base2 = base.clone();
+    let recoded = tokio::task::spawn_blocking(move || -> Result<(Staged, bool), ApiError> {
+        let t = Instant::now();
+        let new_file = std::fs::File::open(staged.file.path())
+            .map_err(|e| ApiError::Internal(format!("reopening the staged upload: {e}")))?;
+        let new = FzArchive::open(new_file).map_err(ApiError::stored)?;
+        // The chain from the standalone root up to the base itself.
+        let mut chain = Vec::new();
+        let mut p: Option<&Pointer> = Some(&base2);
+        while let Some(ptr) = p {
+            chain.push(
+                FzArchive::open(StoreReader::new(&storage, ptr, handle.clone()))
+                    .map_err(ApiError::stored)?,
+            );
+            p = ptr.base.as_deref();
+        }
+        chain.reverse();
+        let out_file = tempfile::Builder::new()
+            .prefix(".floatzip-delta-")
+            .tempfile_in(&temp_dir)
+            .map_err(|e| ApiError::Internal(format!("creating a temp file: {e}")))?;
+        let out = out_file
+            .reopen()
+            .map_err(|e| ApiError::Internal(format!("opening the temp file: {e}")))?;
+        let sink = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, out),
+            hasher: Sha256::new(),
+            len: 0,
+        };
+        let (sink, manifest) = with_base_chain(&chain, |b| recode_as_delta(&new, b, &opts, sink))
+            .map_err(ApiError::stored)?;
+        let HashingWriter { inner, hasher, len } = sink;
+        inner
+            .into_inner()
+            .map_err(|e| ApiError::Internal(format!("writing the temp file: {}", e.error())))?;
+        if len >= staged.container_size {
+            return Ok((staged, false));
+        }
+        let delta = Staged {
+            file: out_file,
+            manifest,
+            container_sha256: hex::encode(hasher.finalize()),
+            container_size: len,
+            encode_time: staged.encode_time + t.elapsed(),
+        };
+        Ok((delta, true))
+    });
+    let (staged, is_delta) = recoded
+        .await
+        .map_err(|e| ApiError::Internal(format!("delta task: {e}")))??;
+    Ok((staged, is_delta.then(|| Box::new((*base).clone()))))
+}
+
+/// A stored container read through [`ReadAt`] from a blocking thread: each read waits on
+/// the store (the codec's random access is synchronous; reads are of whole entries).
+struct StoreReader {
+    storage: Storage,
+    blob: String,
+    segments: Vec<crate::segments::Segment>,
+    size: u64,
+    handle: tokio::runtime::Handle,
+}
+
+impl StoreReader {
+    fn new(storage: &Storage, p: &Pointer, handle: tokio::runtime::Handle) -> Self {
+        StoreReader {
+            storage: storage.clone(),
+            blob: p.blob.clone(),
+            segments: p.segments.clone(),
+            size: p.container_size,
+            handle,
+        }
+    }
+}
+
+impl ReadAt for StoreReader {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.size)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.size)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        let got = self
+            .handle
+            .block_on(
+                self.storage
+                    .get_range(&self.blob, &self.segments, offset..end),
+            )
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        buf.copy_from_slice(&got);
+        Ok(())
+    }
 }
 
 /// Fails with [`ApiError::Conflict`] if `target` would be a file beside a folder of the
@@ -273,7 +415,6 @@ fn sha256_of_ranges(
     path: &std::path::Path,
     ranges: &[std::ops::Range<u64>],
 ) -> std::io::Result<Vec<String>> {
-    use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     ranges
@@ -283,7 +424,7 @@ fn sha256_of_ranges(
             let mut at = r.start;
             while at < r.end {
                 let n = ((r.end - at) as usize).min(buf.len());
-                file.read_exact_at(&mut buf[..n], at)?;
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf[..n], at)?;
                 h.update(&buf[..n]);
                 at += n as u64;
             }
@@ -298,6 +439,7 @@ async fn publish(
     state: &AppState,
     target: ModelFile,
     staged: Staged,
+    base: Option<Box<Pointer>>,
 ) -> Result<UploadSummary, ApiError> {
     let key = blob_key(&staged.container_sha256);
     let (segments, shared_bytes) = store_container(state, &staged).await?;
@@ -317,6 +459,7 @@ async fn publish(
         manifest: staged.manifest,
         segments,
         shared_bytes,
+        base,
     };
     let checked = {
         let _guard = publish_lock().lock().await;
@@ -368,6 +511,10 @@ async fn publish(
         blob_url: format!("/v1/blobs/{}.fz", pointer.container_sha256),
         replaced: previous.is_some(),
         encode_seconds: staged.encode_time.as_secs_f64(),
+        delta_base: pointer
+            .base
+            .as_ref()
+            .map(|b| format!("{}/{}/{}", b.org, b.name, b.file)),
     })
 }
 
