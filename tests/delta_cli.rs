@@ -47,9 +47,21 @@ fn delta_round_trip_through_the_cli() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
     assert!(
-        text.contains("delta(xor base)") && text.contains("delta container"),
+        text.contains(" < standalone ") && text.contains("delta container"),
         "{text}"
     );
+    // Per tensor, both sizes: the stored one is the smaller.
+    let o = floatzip(&["inspect", "new.fz", "--json"], dir.path());
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut compared = 0;
+    for t in doc["tensors"].as_array().unwrap() {
+        if let Some(pair) = t["delta_vs_standalone"].as_array() {
+            let (d, s) = (pair[0].as_u64().unwrap(), pair[1].as_u64().unwrap());
+            assert_eq!(t["compressed_bytes"].as_u64().unwrap(), d.min(s), "{t}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 0);
 
     // No base, or the wrong one: an error, and no output file.
     let o = floatzip(&["decompress", "new.fz", "-o", "a.st", "-q"], dir.path());

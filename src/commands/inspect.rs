@@ -33,6 +33,9 @@ struct Row<'a> {
     floor_ratio: f64,
     layouts: String,
     coders: String,
+    /// `[delta, standalone]` bytes, for tensors of a delta container with a base counterpart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_vs_standalone: Option<[u64; 2]>,
 }
 
 fn summary(map: &std::collections::BTreeMap<String, u64>) -> String {
@@ -57,11 +60,13 @@ fn row(e: &Entry) -> Row<'_> {
         ratio: e.compressed_len() as f64 / orig,
         floor_ratio: e.floor_bytes / orig,
         layouts: summary(&e.layouts),
-        coders: if e.delta {
-            format!("delta(xor base) {}", summary(&e.coders))
-        } else {
-            summary(&e.coders)
+        coders: match (e.delta, e.delta_vs_standalone) {
+            (true, Some([d, s])) => format!("delta {d} < standalone {s}: {}", summary(&e.coders)),
+            (true, None) => format!("delta(xor base) {}", summary(&e.coders)),
+            (false, Some([d, s])) => format!("standalone {s} <= delta {d}: {}", summary(&e.coders)),
+            (false, None) => summary(&e.coders),
         },
+        delta_vs_standalone: e.delta_vs_standalone,
     }
 }
 

@@ -128,6 +128,9 @@ pub fn compress_delta(new: &[u8], base: &[u8], opts: EncodeOptions) -> Result<(V
         let mut e = e.clone();
         e.compressed = [begin, out.len() as u64];
         e.blake3 = pe.blake3.clone();
+        if digest.is_some() {
+            e.delta_vs_standalone = Some([xe.compressed_len(), pe.compressed_len()]);
+        }
         if use_delta {
             e.delta = true;
             e.base_blake3 = digest.cloned();
@@ -364,6 +367,7 @@ pub fn recode_as_delta<S: ReadAt, W: std::io::Write>(
             check_entry_digest(e, &xored)?;
             xor_into(&mut xored, &b);
             let coded = encode_entry(&xored, e, &opts.frame);
+            entry.delta_vs_standalone = Some([coded.bytes.len() as u64, frames.len() as u64]);
             if coded.bytes.len() < frames.len() {
                 entry.frames = coded.frames;
                 entry.floor_bytes = coded.floor_bytes;

@@ -86,6 +86,10 @@ pub struct Entry {
     /// BLAKE3 of the base tensor a delta entry was XORed against, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_blake3: Option<String>,
+    /// For tensors of a delta container that had a counterpart in the base: the sizes of
+    /// both codings tried, `[delta, standalone]` (the smaller one is stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_vs_standalone: Option<[u64; 2]>,
 }
 
 fn is_false(b: &bool) -> bool {

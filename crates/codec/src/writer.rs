@@ -161,6 +161,7 @@ impl EntryBuilder {
             coders: self.coders,
             delta: false,
             base_blake3: None,
+            delta_vs_standalone: None,
         }
     }
 }
