@@ -100,9 +100,3 @@ pub fn transform_file<T: Send>(
     sink.commit()?;
     Ok((value, started.elapsed().as_secs_f64()))
 }
-
-/// Reads the base file of a delta (`--base`) whole, if one is given.
-pub fn read_base(path: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
-    path.map(|p| std::fs::read(p).with_context(|| format!("cannot read base {}", p.display())))
-        .transpose()
-}

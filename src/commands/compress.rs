@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 
-use std::io::Write;
-
 use clap::Args;
+use floatzip_codec::delta::{recode_as_delta, FileBase};
 use floatzip_codec::kv::KvLayout;
-use floatzip_codec::{compress, compress_delta, EncodeOptions, FrameOptions};
+use floatzip_codec::{compress, EncodeOptions, FrameOptions, FzArchive};
 
-use crate::output::{read_base, transform_file};
+use crate::output::{transform_file, AtomicFile};
 use crate::progress::mb;
 use crate::{OutputArgs, ThreadArgs};
 
@@ -93,6 +92,24 @@ impl CodecArgs {
     }
 }
 
+/// `compress --base`: the new file is compressed into a temporary container beside the
+/// output (streaming), then re-coded tensor by tensor against the base read from disk, so
+/// memory stays at a few times the largest tensor.
+fn compress_against(
+    r: &mut dyn std::io::Read,
+    sink: AtomicFile,
+    base: &std::path::Path,
+    temp_dir: &std::path::Path,
+    opts: EncodeOptions,
+) -> floatzip_codec::Result<(AtomicFile, floatzip_codec::Manifest)> {
+    let base = FileBase::open(base)?;
+    let staged = tempfile::NamedTempFile::new_in(temp_dir)?;
+    let (w, _) = compress(r, std::io::BufWriter::new(staged.reopen()?), opts)?;
+    w.into_inner().map_err(|e| e.into_error())?;
+    let archive = FzArchive::open(staged.reopen()?)?;
+    recode_as_delta(&archive, &base, &opts, sink)
+}
+
 /// Runs `floatzip compress`.
 pub fn run(a: CompressArgs) -> anyhow::Result<()> {
     let target = a.out.output.clone().unwrap_or_else(|| {
@@ -101,7 +118,11 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         PathBuf::from(s)
     });
     let opts = a.codec.options();
-    let base = read_base(a.base.as_deref())?;
+    let base = a.base.clone();
+    let temp_dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
     let (manifest, secs) = transform_file(
         &a.input,
         &target,
@@ -109,15 +130,9 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         a.threads,
         "compress",
         a.quiet,
-        |r, mut sink| match &base {
+        |r, sink| match &base {
             None => compress(r, sink, opts),
-            Some(base) => {
-                let mut new = Vec::new();
-                r.read_to_end(&mut new)?;
-                let (fz, manifest) = compress_delta(&new, base, opts)?;
-                sink.write_all(&fz)?;
-                Ok((sink, manifest))
-            }
+            Some(base) => compress_against(r, sink, base, &temp_dir, opts),
         },
     )?;
     let compressed = std::fs::metadata(&target)?.len();

@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 
-use std::io::Write;
-
 use anyhow::bail;
 use clap::Args;
-use floatzip_codec::{decompress_delta, decompress_with, FzArchive};
+use floatzip_codec::delta::{decompress_delta_to, FileBase};
+use floatzip_codec::{decompress_with, FzArchive};
 
-use crate::output::{read_base, transform_file};
+use crate::output::transform_file;
 use crate::progress::mb;
 use crate::{OutputArgs, ThreadArgs};
 
@@ -46,7 +45,8 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
         },
     };
     let verify_sha256 = a.sha256;
-    let base = read_base(a.base.as_deref())?;
+    let base = a.base.clone();
+    let input = a.input.clone();
     let (manifest, secs) = transform_file(
         &a.input,
         &target,
@@ -54,16 +54,16 @@ pub fn run(a: DecompressArgs) -> anyhow::Result<()> {
         a.threads,
         "decompress",
         a.quiet,
-        |r, mut sink| match &base {
+        |r, sink| match &base {
             None => decompress_with(r, sink, verify_sha256),
             Some(base) => {
-                let mut fz = Vec::new();
-                r.read_to_end(&mut fz)?;
-                // Checks every entry's BLAKE3 and the file's SHA-256.
-                let original = decompress_delta(&fz, base)?;
-                let manifest = FzArchive::open(fz)?.manifest().clone();
-                sink.write_all(&original)?;
-                Ok((sink, manifest))
+                // Random access to the container, the base read tensor by tensor: memory
+                // stays at the largest tensor. Checks every entry's BLAKE3 and the
+                // file's SHA-256.
+                let archive = FzArchive::open(std::fs::File::open(&input)?)?;
+                let base = FileBase::open(base)?;
+                let sink = decompress_delta_to(&archive, &base, sink)?;
+                Ok((sink, archive.manifest().clone()))
             }
         },
     )?;

@@ -478,3 +478,140 @@ pub fn with_base_chain<S: ReadAt, R>(
     }
     level(root_first, None, f)
 }
+
+/// Largest safetensors header of a base file read by [`FileBase`].
+const MAX_BASE_HEADER: u64 = 256 << 20;
+
+/// A base safetensors file on disk: tensors are read when asked for, so memory stays at
+/// the largest tensor whatever the file's size.
+pub struct FileBase {
+    file: std::fs::File,
+    header: Header,
+    sha256: String,
+    size: u64,
+}
+
+impl FileBase {
+    /// Opens and checks `path` (hashing it once for its SHA-256).
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        let mut len = [0u8; 8];
+        ReadAt::read_exact_at(&file, &mut len, 0)
+            .map_err(|_| Error::InvalidArgument("the base is not a safetensors file".into()))?;
+        let json_len = u64::from_le_bytes(len);
+        if json_len > MAX_BASE_HEADER || json_len + 8 > size {
+            return Err(Error::Truncated(
+                "the base's safetensors header runs past the end of the file".into(),
+            ));
+        }
+        let mut json = vec![0u8; json_len as usize];
+        ReadAt::read_exact_at(&file, &mut json, 8)?;
+        let header = safetensors::parse_header(&json)?;
+        if header.prefix_len + header.data_len() > size {
+            return Err(Error::Truncated(
+                "the base: tensors past the end of the file".into(),
+            ));
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(FileBase {
+            file,
+            header,
+            sha256: hex(&hasher.finalize()),
+            size,
+        })
+    }
+}
+
+impl BaseTensors for FileBase {
+    fn base_ref(&self) -> BaseRef {
+        BaseRef {
+            sha256: self.sha256.clone(),
+            size: self.size,
+        }
+    }
+
+    fn tensor_like(&self, name: &str, dtype: &str, shape: &[u64]) -> Result<Option<Vec<u8>>> {
+        let Some(t) = self
+            .header
+            .tensors
+            .iter()
+            .find(|t| t.name == name && t.dtype_name == dtype && t.shape == shape)
+        else {
+            return Ok(None);
+        };
+        // Within the file: checked when the header was parsed.
+        let mut out = vec![0u8; (t.end - t.begin) as usize];
+        ReadAt::read_exact_at(&self.file, &mut out, self.header.prefix_len + t.begin)?;
+        Ok(Some(out))
+    }
+}
+
+/// Decodes a (possibly delta) container to `out` one entry at a time, given its base:
+/// checks the base's identity, every entry's BLAKE3 and the whole file's SHA-256 (an
+/// error after some bytes were written means the output must be discarded).
+pub fn decompress_delta_to<S: ReadAt, W: std::io::Write>(
+    archive: &FzArchive<S>,
+    base: &dyn BaseTensors,
+    mut out: W,
+) -> Result<W> {
+    let m = archive.manifest();
+    if let Some(b) = &m.base {
+        let actual = base.base_ref().sha256;
+        if b.sha256 != actual {
+            return Err(Error::BaseMismatch {
+                what: "the base file (SHA-256)".into(),
+                expected: b.sha256.clone(),
+                actual,
+            });
+        }
+    }
+    let mut hasher = Sha256::new();
+    out.write_all(archive.prefix())?;
+    hasher.update(archive.prefix());
+    let mut bytes = Vec::new();
+    for (idx, e) in m.entries.iter().enumerate() {
+        bytes.clear();
+        archive.decode_entry_stored(idx, &mut bytes)?;
+        if e.delta {
+            let name = e.name.as_deref().unwrap_or_default();
+            let b =
+                base.tensor_like(name, &e.dtype, &e.shape)?
+                    .ok_or_else(|| Error::BaseMismatch {
+                        what: e.label(),
+                        expected: e.base_blake3.clone().unwrap_or_default(),
+                        actual: "no such tensor in the base".into(),
+                    })?;
+            let actual = blake3::hash(&b).to_hex().to_string();
+            if Some(&actual) != e.base_blake3.as_ref() || b.len() != bytes.len() {
+                return Err(Error::BaseMismatch {
+                    what: e.label(),
+                    expected: e.base_blake3.clone().unwrap_or_default(),
+                    actual,
+                });
+            }
+            xor_into(&mut bytes, &b);
+        }
+        check_entry_digest(e, &bytes)?;
+        out.write_all(&bytes)?;
+        hasher.update(&bytes);
+    }
+    let actual = hex(&hasher.finalize());
+    if actual != m.sha256 {
+        return Err(Error::DigestMismatch {
+            what: "the whole file (SHA-256)".into(),
+            expected: m.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(out)
+}
