@@ -238,10 +238,12 @@ fn bench_reports_floatzip_zstd_and_floor() {
 #[test]
 fn kv_layout_codes_one_head_per_chunk_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    for n in [
-        "minilm-kv-bf16.safetensors",
-        "minilm-kv-f16.safetensors",
-        "minilm-kv-fp8-e4m3.safetensors",
+    // [2 layers, 12 heads, 512 tokens, 32]: 32 KiB heads in BF16/F16 get a chunk each,
+    // 24 in all; 16 KiB FP8 heads are too small and keep the plain 256 KiB chunks.
+    for (n, want_frames) in [
+        ("minilm-kv-bf16.safetensors", 24),
+        ("minilm-kv-f16.safetensors", 24),
+        ("minilm-kv-fp8-e4m3.safetensors", 2),
     ] {
         std::fs::copy(fixture(n), dir.path().join(n)).unwrap();
         ok(&floatzip(
@@ -257,7 +259,6 @@ fn kv_layout_codes_one_head_per_chunk_and_round_trips() {
             .iter()
             .find(|t| t["name"] == "k")
             .unwrap();
-        // [2 layers, 12 heads, 512 tokens, 32]: one frame per head, 24 in all.
         // "layouts" reads like "bytes×17 e4m3-exp|sm×7".
         let frames: u64 = k["layouts"]
             .as_str()
@@ -265,7 +266,7 @@ fn kv_layout_codes_one_head_per_chunk_and_round_trips() {
             .split_whitespace()
             .map(|l| l.rsplit('×').next().unwrap().parse::<u64>().unwrap())
             .sum();
-        assert_eq!(frames, 24, "{n}: {k}");
+        assert_eq!(frames, want_frames, "{n}: {k}");
         std::fs::remove_file(dir.path().join(n)).unwrap();
         ok(&floatzip(&["decompress", &format!("{n}.fz")], dir.path()));
         assert_eq!(sha(&dir.path().join(n)), sha(&fixture(n)), "{n}");

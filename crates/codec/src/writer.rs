@@ -59,8 +59,9 @@ struct Segment {
 }
 
 /// Smallest head worth a chunk of its own: below it the coding tables cost more than
-/// per-head statistics save, and the plain chunking is kept.
-const MIN_HEAD_CHUNK: u64 = 16 << 10;
+/// per-head statistics save, and the plain chunking is kept (on the dev caches, 16 KiB
+/// FP8 heads lost 0.06 % coded one per chunk; 32 KiB BF16/F16 heads gained 0.1-0.2 %).
+const MIN_HEAD_CHUNK: u64 = 32 << 10;
 /// Largest head coded as one chunk; larger heads keep the plain chunking.
 const MAX_HEAD_CHUNK: u64 = 4 << 20;
 
