@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure floatzip alone, without the zstd contenders (quicker repeated A/B runs).
+    #[arg(long)]
+    pub no_zstd: bool,
     #[command(flatten)]
     pub codec: CodecArgs,
 }
@@ -133,7 +136,8 @@ fn bench_file(path: &PathBuf, a: &BenchArgs) -> anyhow::Result<FileReport> {
         .num_threads(a.threads.max(1))
         .build()?;
     let manifest = pool.install(|| bench_floatzip(&data, a, &mut contenders))?;
-    for level in [1, 3, 19] {
+    let levels: &[i32] = if a.no_zstd { &[] } else { &[1, 3, 19] };
+    for &level in levels {
         bench_zstd(
             &data,
             level,

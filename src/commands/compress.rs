@@ -45,8 +45,8 @@ pub struct CodecArgs {
     /// smaller, about half the decode speed.
     #[arg(long)]
     pub favor_ratio: bool,
-    /// Use rANS instead of Huffman on a plane only where it is at least this fraction
-    /// smaller (0 = always the smaller).
+    /// Where Huffman decodes faster (low-entropy or small planes), use rANS instead only
+    /// where it is at least this fraction smaller (0 = always the smaller).
     #[arg(long, default_value_t = FrameOptions::default().rans_min_gain)]
     pub rans_min_gain: f64,
     /// K/V cache dump: the axis order of its K/V tensors, `lhtd` ([layers, heads, tokens,

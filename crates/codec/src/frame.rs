@@ -31,7 +31,7 @@ pub enum Coder {
     Constant,
     /// Canonical multi-stream Huffman ([`crate::coders::huffman`]).
     Huffman,
-    /// Interleaved rANS ([`crate::coders::rans`]).
+    /// Interleaved rANS, 64 lanes for large planes ([`crate::coders::rans`]).
     Rans,
     /// zstd, for planes with repeats that order-0 coders cannot see.
     Zstd,
@@ -45,9 +45,10 @@ impl Coder {
             Coder::Raw => 0,
             Coder::Constant => 1,
             Coder::Huffman => 2,
-            Coder::Rans => 3,
+            // 3 was 32-lane rANS, before the 64-lane streams of `coders::rans`.
+            Coder::Rans => 5,
             Coder::Zstd => 4,
-            Coder::Sparse => 5,
+            Coder::Sparse => 6,
         }
     }
 
@@ -56,9 +57,9 @@ impl Coder {
             0 => Coder::Raw,
             1 => Coder::Constant,
             2 => Coder::Huffman,
-            3 => Coder::Rans,
             4 => Coder::Zstd,
-            5 => Coder::Sparse,
+            5 => Coder::Rans,
+            6 => Coder::Sparse,
             _ => return None,
         })
     }
@@ -84,9 +85,10 @@ pub struct FrameOptions {
     /// An entropy coder must beat raw storage by this fraction to be used: decoding
     /// raw bytes is a copy, so a 0.1 % gain on a near-random plane is not worth it.
     pub min_gain: f64,
-    /// rANS must beat Huffman by this fraction to be used. Huffman decodes about four
-    /// times faster; rANS pays where Huffman's whole-bit codes waste most (skewed planes
-    /// such as E8M0 scales or XOR deltas). 0 always takes the smaller.
+    /// rANS must beat Huffman by this fraction to be used where Huffman decodes faster:
+    /// planes whose codes average under [`HUFFMAN_FAST_BELOW_BITS`] (several symbols per
+    /// table lookup), or too small for the wide SIMD rANS decoder. Elsewhere the smaller
+    /// coding wins. 0 always takes the smaller.
     pub rans_min_gain: f64,
 }
 
@@ -139,6 +141,8 @@ fn corrupt(reason: impl Into<String>) -> FrameError {
 struct Scratch {
     planes: Vec<Vec<u8>>,
     best_planes: Vec<Vec<u8>>,
+    /// The coded payloads of a frame's planes, back to back.
+    payload: Vec<u8>,
 }
 
 thread_local! {
@@ -146,56 +150,67 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// A plan for one plane: coder and predicted payload size.
-#[derive(Clone, Copy)]
+/// A plan for one plane: coder and predicted payload size (and the rANS plan, so that it is
+/// worked out once).
+#[derive(Clone)]
 struct PlaneChoice {
     coder: Coder,
     size: usize,
+    rans: Option<rans::Plan>,
 }
+
+impl PlaneChoice {
+    fn new(coder: Coder, size: usize) -> Self {
+        PlaneChoice {
+            coder,
+            size,
+            rans: None,
+        }
+    }
+}
+
+/// Average Huffman code length (bits per symbol) under which Huffman decodes faster than
+/// wide rANS: its table decodes up to four codes per lookup, but only one of 4 bits or more
+/// in most lookups, where SIMD rANS (32 or 64 lanes) runs ahead.
+pub const HUFFMAN_FAST_BELOW_BITS: usize = 4;
 
 fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
     if hist.total == 0 {
-        return PlaneChoice {
-            coder: Coder::Raw,
-            size: 0,
-        };
+        return PlaneChoice::new(Coder::Raw, 0);
     }
     if hist.single_symbol().is_some() {
-        return PlaneChoice {
-            coder: Coder::Constant,
-            size: 1,
-        };
+        return PlaneChoice::new(Coder::Constant, 1);
     }
     let raw = hist.total;
     let h = huffman::encoded_size(hist);
-    let r = rans::encoded_size(hist);
-    // rANS must win by more than its estimate's slack, and by the configured margin.
-    let best = if ((r + 8) as f64) < h as f64 * (1.0 - opts.rans_min_gain) {
+    let Some(plan) = rans::plan(hist) else {
+        return PlaneChoice::new(Coder::Huffman, h);
+    };
+    let r = plan.encoded_size();
+    let huffman_fast = h * 8 < HUFFMAN_FAST_BELOW_BITS * hist.total;
+    let margin = match huffman_fast || !plan.decodes_wide() {
+        true => opts.rans_min_gain,
+        false => 0.0,
+    };
+    // rANS must win by more than its estimate's slack, and by the margin.
+    let best = if ((r + 8) as f64) < h as f64 * (1.0 - margin) {
         PlaneChoice {
             coder: Coder::Rans,
             size: r,
+            rans: Some(plan),
         }
     } else {
-        PlaneChoice {
-            coder: Coder::Huffman,
-            size: h,
-        }
+        PlaneChoice::new(Coder::Huffman, h)
     };
     // Nearly constant planes (unchanged elements of a delta): smaller, and a fill to decode.
     let best = match sparse::encoded_size(hist) {
-        Some(size) if size < best.size => PlaneChoice {
-            coder: Coder::Sparse,
-            size,
-        },
+        Some(size) if size < best.size => PlaneChoice::new(Coder::Sparse, size),
         _ => best,
     };
     if (best.size as f64) < raw as f64 * (1.0 - opts.min_gain) {
         best
     } else {
-        PlaneChoice {
-            coder: Coder::Raw,
-            size: raw,
-        }
+        PlaneChoice::new(Coder::Raw, raw)
     }
 }
 
@@ -251,6 +266,7 @@ pub fn encode_frame(
         let Scratch {
             planes,
             best_planes,
+            payload,
         } = &mut *s;
         let candidates = if chunk.len() < 64 {
             // Per-plane headers outweigh any gain from splitting a few elements.
@@ -273,7 +289,7 @@ pub fn encode_frame(
             if let Ok(z) = zstd::bulk::compress(chunk, opts.zstd_level) {
                 if z.len() + 8 < size {
                     let coders = vec![Coder::Zstd];
-                    write_frame(out, chunk, Layout::Bytes, &[(Coder::Zstd, &z[..])], &[]);
+                    write_frame(out, chunk, Layout::Bytes, &[(Coder::Zstd, &z[..])]);
                     let floor_bytes = Histogram::of(chunk).entropy_bytes();
                     return FrameStats {
                         layout: Layout::Bytes,
@@ -288,19 +304,29 @@ pub fn encode_frame(
         } else {
             best_planes.iter().map(|p| p.as_slice()).collect()
         };
-        let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(choices.len());
+        payload.clear();
+        let mut ends = Vec::with_capacity(choices.len());
         for ((plane, choice), hist) in plane_refs.iter().zip(&choices).zip(&hists) {
-            payloads.push(encode_plane(plane, hist, choice.coder));
+            encode_plane(plane, hist, choice, payload);
+            ends.push(payload.len());
         }
         let parts: Vec<(Coder, &[u8])> = choices
             .iter()
-            .zip(&payloads)
-            .map(|(c, p)| (c.coder, p.as_slice()))
+            .zip(&plane_refs)
+            .enumerate()
+            .map(|(i, (c, plane))| match c.coder {
+                Coder::Raw => (c.coder, *plane),
+                _ => (
+                    c.coder,
+                    &payload[if i == 0 { 0 } else { ends[i - 1] }..ends[i]],
+                ),
+            })
             .collect();
-        write_frame(out, chunk, layout, &parts, &plane_refs);
+        write_frame(out, chunk, layout, &parts);
+        let coders = choices.iter().map(|c| c.coder).collect();
         FrameStats {
             layout,
-            coders: choices.iter().map(|c| c.coder).collect(),
+            coders,
             floor_bytes,
         }
     })
@@ -346,52 +372,49 @@ fn choose_layout(
         // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
         let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
         let c = choose_coder(&h, opts);
-        (Layout::Bytes, vec![c], vec![h], c.size)
+        let size = c.size;
+        (Layout::Bytes, vec![c], vec![h], size)
     });
     (layout, choices, hists, size, split == Some(layout))
 }
 
-/// Codes one plane. Raw planes are written straight from the plane (empty payload here).
-fn encode_plane(plane: &[u8], hist: &Histogram, coder: Coder) -> Vec<u8> {
-    let mut p = Vec::new();
-    match coder {
-        Coder::Raw => {}
-        Coder::Constant => p.push(plane[0]),
-        Coder::Huffman => huffman::encode(plane, hist, &mut p),
-        Coder::Rans => rans::encode(plane, hist, &mut p),
-        Coder::Sparse => sparse::encode(plane, hist, &mut p),
-        Coder::Zstd => unreachable!("zstd is chosen per chunk, not per plane"),
+/// Appends one plane's payload to `out` (nothing for raw planes: they are copied from the
+/// plane itself).
+fn encode_plane(plane: &[u8], hist: &Histogram, choice: &PlaneChoice, out: &mut Vec<u8>) {
+    match (choice.coder, &choice.rans) {
+        (Coder::Raw, _) => {}
+        (Coder::Constant, _) => out.push(plane[0]),
+        (Coder::Huffman, _) => huffman::encode(plane, hist, out),
+        (Coder::Rans, Some(plan)) => rans::encode_planned(plane, plan, out),
+        (Coder::Rans, None) => rans::encode(plane, hist, out),
+        (Coder::Sparse, _) => sparse::encode(plane, hist, out),
+        (Coder::Zstd, _) => unreachable!("zstd is chosen per chunk, not per plane"),
     }
-    p
 }
 
-fn write_frame(
-    out: &mut Vec<u8>,
-    chunk: &[u8],
-    layout: Layout,
-    parts: &[(Coder, &[u8])],
-    planes: &[&[u8]],
-) {
-    let mut coded = Vec::with_capacity(16 + parts.iter().map(|p| p.1.len()).sum::<usize>());
-    for (i, (coder, payload)) in parts.iter().enumerate() {
-        let payload: &[u8] = match coder {
-            Coder::Raw => planes[i],
-            _ => payload,
-        };
-        coded.push(coder.id());
-        put_varint(&mut coded, payload.len() as u64);
-        coded.extend_from_slice(payload);
-    }
-    // The small header is built apart so the coded planes are copied once, into `out`.
+/// Appends a frame for `chunk` with these coded planes to `out`, copying each payload once.
+fn write_frame(out: &mut Vec<u8>, chunk: &[u8], layout: Layout, parts: &[(Coder, &[u8])]) {
     let mut head = Vec::with_capacity(16);
     head.push(layout.id());
     head.push(layout.param());
     put_varint(&mut head, chunk.len() as u64);
-    head.extend_from_slice(&checksum(chunk, &coded).to_le_bytes());
+    head.extend_from_slice(&[0; 4]); // the checksum, patched below
+    let coded_len: usize = parts
+        .iter()
+        .map(|(_, p)| 1 + varint_len(p.len()) + p.len())
+        .sum();
+    out.reserve(10 + head.len() + coded_len);
     out.push(FRAME_TAG);
-    put_varint(out, (head.len() + coded.len()) as u64);
+    put_varint(out, (head.len() + coded_len) as u64);
     out.extend_from_slice(&head);
-    out.extend_from_slice(&coded);
+    let coded_at = out.len();
+    for (coder, payload) in parts {
+        out.push(coder.id());
+        put_varint(out, payload.len() as u64);
+        out.extend_from_slice(payload);
+    }
+    let sum = checksum(chunk, &out[coded_at..]);
+    out[coded_at - 4..coded_at].copy_from_slice(&sum.to_le_bytes());
 }
 
 /// The parsed start of a frame: enough to size the output before decoding.
@@ -519,17 +542,33 @@ fn decode_planes(
     if parts.len() != lens.count {
         return Err(corrupt("wrong number of planes for the layout"));
     }
+    for (coder, payload) in parts {
+        if *coder == Coder::Raw && payload.len() != lens.symbols {
+            return Err(corrupt("raw plane of the wrong length"));
+        }
+    }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let planes = &mut s.planes;
         planes.resize_with(lens.count, Vec::new);
+        if let Some(done) = decode_interleaved(h.layout, parts, planes, out)? {
+            // The rANS decoder wrote the first `done` elements; merge the rest.
+            let refs: Vec<&[u8]> = parts
+                .iter()
+                .zip(planes.iter())
+                .map(|((coder, payload), plane)| match coder {
+                    Coder::Raw => &payload[done..],
+                    _ => &plane[done..],
+                })
+                .collect();
+            h.layout.merge(&refs, &mut out[2 * done..]);
+            return Ok(());
+        }
         for ((coder, payload), plane) in parts.iter().zip(planes.iter_mut()) {
             if *coder != Coder::Raw {
-                plane.clear();
+                // Every decoder writes all of its plane (or fails): no need to clear it.
                 plane.resize(lens.symbols, 0);
                 decode_plane(*coder, payload, plane)?;
-            } else if payload.len() != lens.symbols {
-                return Err(corrupt("raw plane of the wrong length"));
             }
         }
         // Raw planes are merged straight from the frame, without a copy.
@@ -547,6 +586,37 @@ fn decode_planes(
         h.layout.merge(&refs, out);
         Ok(())
     })
+}
+
+/// Decodes a two-byte layout whose planes are one rANS plane and one raw plane with the
+/// rANS decoder writing the elements itself ([`rans::decode_interleaved`]); returns how many
+/// leading elements it wrote (the rest of the rANS plane is in `planes`), or `None` when the
+/// frame is not of that shape. Raw plane lengths are checked by the caller.
+fn decode_interleaved(
+    layout: Layout,
+    parts: &[(Coder, &[u8])],
+    planes: &mut [Vec<u8>],
+    out: &mut [u8],
+) -> Result<Option<usize>, FrameError> {
+    // Element = (other & high) << 8 | other & low | symbol << shift, by which plane is rANS.
+    let (rans_plane, other, high, low, shift) = match (layout, parts) {
+        (Layout::Bf16ExpSm, [(Coder::Rans, _), (Coder::Raw, sm)]) => (0, sm, 0x80, 0x7f, 7),
+        (Layout::F16HiLo, [(Coder::Raw, lo), (Coder::Rans, _)]) => (1, lo, 0, 0xff, 8),
+        (Layout::F16HiLo, [(Coder::Rans, _), (Coder::Raw, hi)]) => (0, hi, 0xff, 0, 0),
+        _ => return Ok(None),
+    };
+    let plane = &mut planes[rans_plane];
+    plane.resize(other.len(), 0);
+    let mut with = rans::Interleave {
+        other,
+        high,
+        low,
+        shift,
+        out,
+    };
+    rans::decode_interleaved(parts[rans_plane].1, plane, &mut with)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 fn decode_plane(coder: Coder, payload: &[u8], plane: &mut [u8]) -> Result<(), FrameError> {

@@ -7,7 +7,7 @@
 //! - an empty plane is an empty stream;
 //! - a constant plane is `[KIND_CONSTANT, symbol]`;
 //! - otherwise a tag byte (bits 0-1 `KIND_RANS`, bits 2-3 the lane count as an index into
-//!   `LANE_COUNTS` (1, 4, 8, 32), bits 4-7 the probability precision minus one), the frequency table (symbol set as runs or as a list,
+//!   `LANE_COUNTS` (1, 8, 32, 64), bits 4-7 the probability precision minus one), the frequency table (symbol set as runs or as a list,
 //!   then the frequencies bit-packed, the last one implied), the 16-bit renormalisation words in
 //!   the order the encoder emitted them (the decoder reads them backwards, so nothing is ever
 //!   reversed), then each lane's final state as u32 LE.
@@ -16,8 +16,8 @@
 //! decode step reads at most one word, so the hot loop is branch-free. Symbol `i` belongs to lane
 //! `i % lanes`; the lanes are independent dependency chains, which is what makes decoding fast.
 //! Precision is 12 bits (decode table in L1) unless 14 or 16 save real bytes on a skewed plane;
-//! lanes are 32 (four AVX2 vectors: the decoder gathers packed slot entries, see `simd`), or
-//! 8 / 4 / 1 when the payload is so small that the flushed states would show.
+//! lanes are 64 (four AVX-512 or eight AVX2 vectors: the decoder gathers slot entries, see
+//! `simd`), or 32 / 8 / 1 when the payload is so small that the flushed states would show.
 
 use super::{CorruptStream, Histogram};
 
@@ -31,22 +31,25 @@ const MAX_PRECISION: u32 = 16;
 const FAST_PRECISION: u32 = 12;
 /// Higher precisions tried for skewed planes, where the rare symbols' minimum share is the loss.
 const FINE_PRECISIONS: [u32; 2] = [14, MAX_PRECISION];
-/// Fraction of the size each extra bit of precision must save: finer tables fall off the
-/// SIMD decoder onto the scalar one (about three times slower), so a few tenths of a
-/// percent on a large plane (FP8 bytes) are not worth it; skewed planes gain far more.
+/// Fraction of the size each extra bit of precision must save: finer tables no longer fit in
+/// L1 and need a second gather (the symbols apart from the entries), so a few tenths of a
+/// percent on a large plane are not worth it; skewed planes gain far more.
 const FINE_PRECISION_MIN_GAIN: f64 = 0.005;
 /// Lane counts by the tag's lane code (bits 2-3).
-const LANE_COUNTS: [usize; 4] = [1, 4, 8, WIDE_LANES];
-/// Lanes for large planes: four AVX2 vectors of eight, enough independent chains to mostly hide
-/// the SIMD decode step's latency (a table gather, then the refill shuffle). Six vectors decode
-/// about 15% faster but flush 48 more bytes per plane.
-const WIDE_LANES: usize = 32;
+const LANE_COUNTS: [usize; 4] = [1, 8, NARROW_SIMD_LANES, WIDE_LANES];
+/// Lanes for large planes: four AVX-512 vectors of sixteen, enough independent chains to hide
+/// most of the SIMD decode step's latency (a table gather, the multiply, the refill expand).
+/// With 32 lanes, BF16 frames decoded about 20% slower; the 96 more flushed bytes cost under
+/// 0.3% of the payloads that get 64 lanes.
+const WIDE_LANES: usize = 64;
+/// Lanes for mid-sized payloads (e.g. the exponents of an F32 chunk), still SIMD-decoded: two
+/// AVX-512 or four AVX2 vectors.
+const NARROW_SIMD_LANES: usize = 32;
 /// Each lane flushes its state (about 3 bytes more than its information), so payloads under
-/// this many bytes use eight lanes.
+/// this many bytes use 32 lanes: 64 flushed states stay under 0.6% of the payload.
+const NARROW_LANES_BELOW_BYTES: f64 = 32768.0;
+/// Payloads under this many bytes use eight lanes (32 flushed states would pass 0.6%).
 const EIGHT_LANES_BELOW_BYTES: f64 = 16384.0;
-/// Each lane flushes its state (about 3 bytes more than its information), so payloads under
-/// this many bytes use four lanes: 12 bytes saved for a decoder about 15% slower.
-const FOUR_LANES_BELOW_BYTES: f64 = 4096.0;
 /// Payloads under this many bytes use one lane. On a large plane that means one symbol
 /// dominates, which the one-lane decoder has a fast path for.
 const ONE_LANE_BELOW_BYTES: f64 = 512.0;
@@ -71,10 +74,7 @@ pub fn encoded_size(hist: &Histogram) -> usize {
     match hist.distinct() {
         0 => 0,
         1 => 2,
-        _ => {
-            let plan = Plan::new(hist);
-            1 + plan.table_bytes + payload_bytes(plan.info_bits, plan.lanes).round() as usize
-        }
+        _ => Plan::new(hist).encoded_size(),
     }
 }
 
@@ -89,6 +89,53 @@ pub fn encode(symbols: &[u8], hist: &Histogram, out: &mut Vec<u8>) {
         1 => out.extend_from_slice(&[KIND_CONSTANT, symbols.first().copied().unwrap_or(0)]),
         _ => encode_plan(symbols, &Plan::new(hist), out),
     }
+}
+
+/// Elements the decoder writes directly, interleaving each decoded symbol with a byte of
+/// another plane: element `i` is the little-endian `u16`
+/// `(other[i] & high) << 8 | other[i] & low | symbol << shift`.
+///
+/// This saves a pass over the plane for two-byte layouts whose other plane is stored raw
+/// (BF16: `high = 0x80, low = 0x7f, shift = 7`; F16: `0, 0xff, 8` or `0xff, 0, 0`).
+pub struct Interleave<'a> {
+    /// The other plane, as long as the decoded one.
+    pub other: &'a [u8],
+    /// Mask of `other`'s bits moved to the element's high byte.
+    pub high: u8,
+    /// Mask of `other`'s bits kept in the low byte.
+    pub low: u8,
+    /// Left shift of the symbol (at most 8).
+    pub shift: u32,
+    /// The elements, two bytes per symbol.
+    pub out: &'a mut [u8],
+}
+
+/// [`decode`] that may also write leading elements of `with.out` directly: returns `n` such
+/// that elements `0..n` are written to `with.out` (symbols `0..n` of `out` are then left
+/// as they were) and symbols `n..` to `out`. `n` is 0 unless a SIMD decoder ran.
+pub fn decode_interleaved(
+    input: &[u8],
+    out: &mut [u8],
+    with: &mut Interleave<'_>,
+) -> Result<usize, CorruptStream> {
+    match input.split_first() {
+        Some((&tag, rest)) if tag & 3 == KIND_RANS && !out.is_empty() => {
+            decode_rans(tag, rest, out, Some(with))
+        }
+        _ => decode(input, out).map(|()| 0),
+    }
+}
+
+/// The encoder's choices for a plane of at least two distinct symbols, made once: what
+/// [`encoded_size`] and [`encode`] each work out from the histogram, for a caller that needs
+/// both ([`plan`], [`Plan::encoded_size`], [`encode_planned`]).
+pub fn plan(hist: &Histogram) -> Option<Plan> {
+    (hist.distinct() >= 2).then(|| Plan::new(hist))
+}
+
+/// [`encode`] with the choices of [`plan`] for `Histogram::of(symbols)`.
+pub fn encode_planned(symbols: &[u8], plan: &Plan, out: &mut Vec<u8>) {
+    encode_plan(symbols, plan, out);
 }
 
 /// Decodes exactly `out.len()` symbols from `input`, which must be exactly what [`encode`]
@@ -112,7 +159,7 @@ pub fn decode(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
             out.fill(symbol);
             Ok(())
         }
-        _ if tag & 3 == KIND_RANS => decode_rans(tag, rest, out),
+        _ if tag & 3 == KIND_RANS => decode_rans(tag, rest, out, None).map(|_| ()),
         _ => Err(corrupt("bad tag")),
     }
 }
@@ -121,7 +168,8 @@ pub fn decode(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
 // Choosing precision, lanes and frequencies
 
 /// Everything the encoder decides from the histogram alone, shared by `encoded_size` and `encode`.
-struct Plan {
+#[derive(Clone)]
+pub struct Plan {
     precision: u32,
     lanes: usize,
     freqs: [u32; 256],
@@ -150,11 +198,24 @@ impl Plan {
             let bits_more = (precision - best.precision) as f64;
             let worth_it =
                 best.total_bytes() * (1.0 - FINE_PRECISION_MIN_GAIN * bits_more) - bits_more;
-            if candidate.total_bytes() < worth_it {
-                best = candidate;
+            if candidate.total_bytes() >= worth_it {
+                // Finer precisions gain less and less: if two more bits did not pay, four
+                // would not either.
+                break;
             }
+            best = candidate;
         }
         best
+    }
+
+    /// Whether the stream gets a lane count the SIMD decoders run on.
+    pub fn decodes_wide(&self) -> bool {
+        self.lanes >= NARROW_SIMD_LANES
+    }
+
+    /// Size in bytes of the stream [`encode_planned`] appends (see [`encoded_size`]).
+    pub fn encoded_size(&self) -> usize {
+        1 + self.table_bytes + payload_bytes(self.info_bits, self.lanes).round() as usize
     }
 
     fn at(hist: &Histogram, precision: u32) -> Plan {
@@ -162,8 +223,8 @@ impl Plan {
         let info_bits = info_bits(hist, &freqs, precision);
         let lanes = match info_bits / 8.0 {
             bytes if bytes < ONE_LANE_BELOW_BYTES => 1,
-            bytes if bytes < FOUR_LANES_BELOW_BYTES => 4,
             bytes if bytes < EIGHT_LANES_BELOW_BYTES => 8,
+            bytes if bytes < NARROW_LANES_BELOW_BYTES => NARROW_SIMD_LANES,
             _ => WIDE_LANES,
         };
         Plan {
@@ -574,15 +635,23 @@ fn encoder_table(freqs: &[u32; 256], precision: u32) -> [EncSymbol; 256] {
 }
 
 fn encode_plan(symbols: &[u8], plan: &Plan, out: &mut Vec<u8>) {
+    encode_plan_at(symbols, plan, out, Simd::best());
+}
+
+/// [`encode_plan`] with at most the `simd` encoder (tests force the scalar one to compare).
+fn encode_plan_at(symbols: &[u8], plan: &Plan, out: &mut Vec<u8>, simd: Simd) {
     out.push(tag(plan.precision, plan.lanes));
     write_table(&plan.freqs, out);
     let table = encoder_table(&plan.freqs, plan.precision);
+    let p = plan.precision;
     let states: Vec<u32> = match plan.lanes {
-        1 => encode_lanes::<1>(symbols, &table, out).to_vec(),
-        2 => encode_lanes::<2>(symbols, &table, out).to_vec(),
-        4 => encode_lanes::<4>(symbols, &table, out).to_vec(),
-        8 => encode_lanes::<8>(symbols, &table, out).to_vec(),
-        _ => encode_lanes::<WIDE_LANES>(symbols, &table, out).to_vec(),
+        1 => encode_lanes::<1>(symbols, &table, p, out, Simd::Off).to_vec(),
+        2 => encode_lanes::<2>(symbols, &table, p, out, Simd::Off).to_vec(),
+        8 => encode_lanes::<8>(symbols, &table, p, out, Simd::Off).to_vec(),
+        NARROW_SIMD_LANES => {
+            encode_lanes::<NARROW_SIMD_LANES>(symbols, &table, p, out, simd).to_vec()
+        }
+        _ => encode_lanes::<WIDE_LANES>(symbols, &table, p, out, simd).to_vec(),
     };
     for state in states {
         out.extend_from_slice(&state.to_le_bytes());
@@ -598,7 +667,9 @@ const ENCODE_BLOCK: usize = 4096;
 fn encode_lanes<const N: usize>(
     symbols: &[u8],
     table: &[EncSymbol; 256],
+    precision: u32,
     out: &mut Vec<u8>,
+    simd: Simd,
 ) -> [u32; N] {
     // Blocks hold whole groups.
     let block_len = ENCODE_BLOCK / N * N;
@@ -610,11 +681,23 @@ fn encode_lanes<const N: usize>(
         pos = encode_step(&mut x[lane], &table[s as usize], out, pos);
     }
     let full = &symbols[..symbols.len() - groups.remainder().len()];
+    #[cfg(target_arch = "x86_64")]
+    let mut vector = match simd {
+        Simd::Avx512 => simd::Encoder::new(table, precision, &x),
+        _ => None,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (simd, precision);
     // `full` and `block_len` are multiples of N, so blocks are whole groups.
     for block in full.rchunks(block_len) {
         // Each symbol emits at most one word.
         if out.len() < pos + 2 * block.len() {
             out.resize(pos + 2 * block.len(), 0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v) = vector.as_mut() {
+            pos = v.encode(block, out, pos);
+            continue;
         }
         for group in block.chunks_exact(N).rev() {
             for lane in (0..N).rev() {
@@ -625,6 +708,10 @@ fn encode_lanes<const N: usize>(
                 };
             }
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = vector {
+        v.finish(&mut x);
     }
     out.truncate(pos);
     x
@@ -684,10 +771,18 @@ trait SlotTable {
     /// # Safety
     /// `slot < self.len()`.
     unsafe fn get_unchecked(&self, slot: usize) -> (u32, u32, u8);
-    /// The packed entries, for the SIMD decoder.
-    fn packed(&self) -> Option<&[u32]> {
-        None
-    }
+    /// The raw arrays, for the SIMD decoders.
+    fn simd_view(&self) -> SimdView<'_>;
+}
+
+/// A slot table as the SIMD decoders gather it.
+#[derive(Clone, Copy)]
+enum SimdView<'a> {
+    /// `freq << 20 | offset << 8 | symbol` per slot (precision <= 12).
+    Packed(&'a [u32]),
+    /// `freq << 16 | offset` per slot, and the symbols with 3 bytes of padding (so a 4-byte
+    /// gather at any slot stays in bounds).
+    Split(&'a [u32], &'a [u8]),
 }
 
 /// Slot table for precisions up to [`PACKED_MAX_PRECISION`]: one `u32` per slot (16 KiB at
@@ -710,8 +805,8 @@ impl SlotTable for Packed<'_> {
         unpack(unsafe { *self.0.get_unchecked(slot) })
     }
 
-    fn packed(&self) -> Option<&[u32]> {
-        Some(self.0)
+    fn simd_view(&self) -> SimdView<'_> {
+        SimdView::Packed(self.0)
     }
 }
 
@@ -749,6 +844,10 @@ impl SlotTable for Split<'_> {
         };
         (e >> 16, e & 0xffff, s)
     }
+
+    fn simd_view(&self) -> SimdView<'_> {
+        SimdView::Split(self.entries, self.symbols)
+    }
 }
 
 /// Reusable per-thread storage for the slot tables: a plane decode builds one (4096 entries at
@@ -772,21 +871,29 @@ fn build_slots(table: &Table, precision: u32, scratch: &mut Scratch) -> Result<(
     entries.clear();
     scratch.symbols.clear();
     // `read_table` makes the last frequency fill the scale, but check rather than trust it.
-    if table.freqs.iter().map(|&f| f as usize).sum::<usize>() != size
-        || table.freqs.iter().any(|&f| f == 0)
-    {
+    if table.freqs.iter().map(|&f| f as usize).sum::<usize>() != size || table.freqs.contains(&0) {
         return Err(corrupt("frequencies do not fill the scale"));
     }
+    // Filled slice by slice in loops the compiler vectorises: this runs for every plane.
+    entries.resize(size, 0);
+    if !packed {
+        // 3 bytes of padding for the SIMD decoder's 4-byte gathers (see `SimdView::Split`).
+        scratch.symbols.resize(size + 3, 0);
+    }
+    let mut start = 0;
     for (&s, &f) in table.symbols.iter().zip(&table.freqs) {
-        if packed {
-            let base = f << 20 | s as u32;
-            entries.extend((0..f).map(|offset| base | offset << 8));
-        } else {
-            entries.extend((0..f).map(|offset| f << 16 | offset));
-            scratch
-                .symbols
-                .resize(scratch.symbols.len() + f as usize, s);
+        let end = start + f as usize;
+        let (base, shift) = match packed {
+            true => (f << 20 | s as u32, 8),
+            false => (f << 16, 0),
+        };
+        for (offset, e) in entries[start..end].iter_mut().enumerate() {
+            *e = base | (offset as u32) << shift;
         }
+        if !packed {
+            scratch.symbols[start..end].fill(s);
+        }
+        start = end;
     }
     Ok(())
 }
@@ -825,12 +932,19 @@ fn step<T: SlotTable>(
     Ok(symbol)
 }
 
-fn decode_rans(tag: u8, rest: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
+/// Decodes a rANS stream; returns how many leading symbols went to `fuse` (see
+/// [`decode_interleaved`]).
+fn decode_rans(
+    tag: u8,
+    rest: &[u8],
+    out: &mut [u8],
+    fuse: Option<&mut Interleave<'_>>,
+) -> Result<usize, CorruptStream> {
     let (table, stream) = parse(tag, rest)?;
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut scratch) => decode_with(&table, &stream, &mut scratch, out),
+        Ok(mut scratch) => decode_with(&table, &stream, &mut scratch, out, fuse),
         // Only reachable if a decode were ever re-entered on this thread.
-        Err(_) => decode_with(&table, &stream, &mut Scratch::default(), out),
+        Err(_) => decode_with(&table, &stream, &mut Scratch::default(), out, fuse),
     })
 }
 
@@ -839,40 +953,47 @@ fn decode_with(
     stream: &Stream<'_>,
     scratch: &mut Scratch,
     out: &mut [u8],
-) -> Result<(), CorruptStream> {
+    fuse: Option<&mut Interleave<'_>>,
+) -> Result<usize, CorruptStream> {
     build_slots(table, stream.precision, scratch)?;
     if stream.precision <= PACKED_MAX_PRECISION {
-        decode_slots(&Packed(&scratch.entries), stream, out, true)
+        decode_slots(&Packed(&scratch.entries), stream, out, Simd::best(), fuse)
     } else {
         let split = Split {
             entries: &scratch.entries,
             symbols: &scratch.symbols,
         };
-        decode_slots(&split, stream, out, true)
+        decode_slots(&split, stream, out, Simd::best(), fuse)
     }
 }
 
-/// Dispatches on the lane count; `simd` allows the SIMD path (tests turn it off to compare).
+/// Dispatches on the lane count; `simd` is the best SIMD path allowed (tests force the others
+/// to compare).
 fn decode_slots<T: SlotTable>(
     table: &T,
     s: &Stream<'_>,
     out: &mut [u8],
-    simd: bool,
-) -> Result<(), CorruptStream> {
-    let (words, states) = (s.words, &s.states[..]);
-    match (states.len(), s.precision) {
-        (1, _) => decode_one_lane(table, s, out),
-        (4, 12) => decode_lanes::<4, 12, T>(table, s.precision, words, states, out, false),
-        (4, _) => decode_lanes::<4, 0, T>(table, s.precision, words, states, out, false),
-        (8, 12) => decode_lanes::<8, 12, T>(table, s.precision, words, states, out, false),
-        (8, 14) => decode_lanes::<8, 14, T>(table, s.precision, words, states, out, false),
-        (8, 16) => decode_lanes::<8, 16, T>(table, s.precision, words, states, out, false),
-        (8, _) => decode_lanes::<8, 0, T>(table, s.precision, words, states, out, false),
+    simd: Simd,
+    fuse: Option<&mut Interleave<'_>>,
+) -> Result<usize, CorruptStream> {
+    let (p, words, states) = (s.precision, s.words, &s.states[..]);
+    match (states.len(), p) {
+        (1, _) => decode_one_lane(table, s, out).map(|()| 0),
+        (8, 12) => decode_lanes::<8, 12, T>(table, p, words, states, out, Simd::Off, None),
+        (8, 14) => decode_lanes::<8, 14, T>(table, p, words, states, out, Simd::Off, None),
+        (8, 16) => decode_lanes::<8, 16, T>(table, p, words, states, out, Simd::Off, None),
+        (8, _) => decode_lanes::<8, 0, T>(table, p, words, states, out, Simd::Off, None),
+        (NARROW_SIMD_LANES, 12) => {
+            decode_lanes::<NARROW_SIMD_LANES, 12, T>(table, p, words, states, out, simd, fuse)
+        }
+        (NARROW_SIMD_LANES, _) => {
+            decode_lanes::<NARROW_SIMD_LANES, 0, T>(table, p, words, states, out, simd, fuse)
+        }
         (WIDE_LANES, 12) => {
-            decode_lanes::<WIDE_LANES, 12, T>(table, s.precision, words, states, out, simd)
+            decode_lanes::<WIDE_LANES, 12, T>(table, p, words, states, out, simd, fuse)
         }
         (WIDE_LANES, _) => {
-            decode_lanes::<WIDE_LANES, 0, T>(table, s.precision, words, states, out, simd)
+            decode_lanes::<WIDE_LANES, 0, T>(table, p, words, states, out, simd, fuse)
         }
         _ => Err(corrupt("unsupported lane count")),
     }
@@ -975,8 +1096,9 @@ fn decode_lanes<const N: usize, const P: u32, T: SlotTable>(
     words: &[u8],
     states: &[u32],
     out: &mut [u8],
-    simd: bool,
-) -> Result<(), CorruptStream> {
+    simd: Simd,
+    fuse: Option<&mut Interleave<'_>>,
+) -> Result<usize, CorruptStream> {
     // What the unchecked steps rely on; `build_slots` and the dispatch guarantee it.
     assert!(P == 0 || P == precision);
     assert!(table.len() == 1 << precision);
@@ -984,23 +1106,19 @@ fn decode_lanes<const N: usize, const P: u32, T: SlotTable>(
     x.copy_from_slice(states);
     let mut pos = words.len();
     let full = out.len() - out.len() % N;
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if N == WIDE_LANES && simd && precision <= PACKED_MAX_PRECISION && simd::available() {
-        if let (Some(packed), Ok(lanes)) = (
-            table.packed(),
-            <&mut [u32; WIDE_LANES]>::try_from(&mut x[..]),
-        ) {
-            // SAFETY: AVX2 is available (checked just above), the table has exactly
-            // `2^precision` entries (asserted above) and `pos == words.len()`.
-            done = unsafe {
-                simd::decode_avx2::<{ WIDE_LANES / 8 }>(
-                    packed, precision, lanes, words, &mut pos, out,
-                )
-            };
+    let (mut done, fused) = match N {
+        NARROW_SIMD_LANES | WIDE_LANES => {
+            let view = table.simd_view();
+            simd::decode(simd, view, precision, &mut x, words, &mut pos, out, fuse)
         }
-    }
-    let _ = simd;
+        _ => (0, false),
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (mut done, fused) = {
+        let _ = (simd, fuse);
+        (0, false)
+    };
     while done < full && pos >= 2 * N {
         let group = &mut out[done..done + N];
         for lane in 0..N {
@@ -1015,7 +1133,8 @@ fn decode_lanes<const N: usize, const P: u32, T: SlotTable>(
     for (i, symbol) in out.iter_mut().enumerate().skip(done) {
         *symbol = step(table, precision, &mut x[i % N], words, &mut pos)?;
     }
-    finish(&x, pos)
+    finish(&x, pos)?;
+    Ok(if fused { done } else { 0 })
 }
 
 /// `step` without bounds checks, branch-free.
@@ -1048,13 +1167,453 @@ unsafe fn decode_step_unchecked<const P: u32, T: SlotTable>(
     symbol
 }
 
-/// AVX2 decoding of wide streams: vectors of eight states, table lookups by gather.
+/// Which SIMD decoder may run on wide streams: the best the CPU has, unless a test forces a
+/// lesser one to compare it with the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Simd {
+    /// Scalar steps only.
+    Off,
+    /// Eight lanes per vector; packed tables (precision <= 12) only.
+    Avx2,
+    /// Sixteen lanes per vector; every precision.
+    Avx512,
+}
+
+impl Simd {
+    fn best() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd::avx512_available() {
+                return Simd::Avx512;
+            }
+            if simd::avx2_available() {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Off
+    }
+}
+
+/// SIMD decoding of wide streams: vectors of states, table lookups by gather.
 #[cfg(target_arch = "x86_64")]
 mod simd {
+    use super::{Interleave, Simd, SimdView, NARROW_SIMD_LANES, STATE_LOW, WIDE_LANES};
     use std::arch::x86_64::*;
 
-    pub(super) fn available() -> bool {
-        std::is_x86_feature_detected!("avx2")
+    pub(super) fn avx2_available() -> bool {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt")
+    }
+
+    pub(super) fn avx512_available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("popcnt")
+    }
+
+    /// Decodes whole groups of `states.len()` symbols (32 or 64 lanes) with the best decoder
+    /// `level` allows
+    /// and the CPU has, while every lane surely has a word left; returns the number of symbols
+    /// written to `out` (0 when no SIMD decoder applies). The table must be complete:
+    /// `2^precision` entries (checked here, as everything else the kernels rely on).
+    ///
+    /// With `fuse` (and AVX-512), the symbols are written as elements of `fuse.out` instead
+    /// of to `out`; the second value says whether that happened.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode(
+        level: Simd,
+        view: SimdView<'_>,
+        precision: u32,
+        states: &mut [u32],
+        words: &[u8],
+        pos: &mut usize,
+        out: &mut [u8],
+        fuse: Option<&mut Interleave<'_>>,
+    ) -> (usize, bool) {
+        let wide = match states.len() {
+            NARROW_SIMD_LANES => false,
+            WIDE_LANES => true,
+            _ => return (0, false),
+        };
+        if *pos > words.len() || !(1..=16).contains(&precision) {
+            return (0, false);
+        }
+        let size = 1usize << precision;
+        let fuse = fuse
+            .filter(|f| f.other.len() >= out.len() && f.out.len() >= 2 * out.len() && f.shift <= 8);
+        let avx512 = level >= Simd::Avx512 && avx512_available();
+        let split = matches!(view, SimdView::Split(..));
+        let fused = avx512 && fuse.is_some();
+        let (x, w) = (states, words);
+        let n = match (view, fuse) {
+            (SimdView::Packed(t), _) if t.len() != size || precision > 12 => 0,
+            (SimdView::Split(t, s), _) if t.len() != size || s.len() < size + 3 => 0,
+            // Two AVX-512 chains of 16 lanes do no better than four AVX2 chains of 8: 32-lane
+            // packed planes go to AVX2 unless fused.
+            (view, fuse) if avx512 && (wide || fuse.is_some() || split || !avx2_available()) => {
+                let (entries, symbols) = match view {
+                    SimdView::Packed(t) => (t, &[][..]),
+                    SimdView::Split(t, s) => (t, s),
+                };
+                let sink = match fuse {
+                    Some(f) => f.sink(out),
+                    None => out.into(),
+                };
+                // SAFETY: AVX-512 F, BW and POPCNT are available, the table is checked above
+                // (split symbols with their 3 bytes of padding), `x` has 16 V lanes, and
+                // `fuse`'s slices are long enough (filtered above).
+                unsafe {
+                    match (wide, split) {
+                        (true, false) => {
+                            decode_avx512::<4, false>(entries, symbols, precision, x, w, pos, sink)
+                        }
+                        (true, true) => {
+                            decode_avx512::<4, true>(entries, symbols, precision, x, w, pos, sink)
+                        }
+                        (false, false) => {
+                            decode_avx512::<2, false>(entries, symbols, precision, x, w, pos, sink)
+                        }
+                        (false, true) => {
+                            decode_avx512::<2, true>(entries, symbols, precision, x, w, pos, sink)
+                        }
+                    }
+                }
+            }
+            // SAFETY: AVX2 and POPCNT are available, the packed table is checked above, and
+            // `x` has 8 V lanes.
+            (SimdView::Packed(t), _) if level >= Simd::Avx2 && avx2_available() => unsafe {
+                match wide {
+                    true => decode_avx2::<8>(t, precision, x, w, pos, out),
+                    false => decode_avx2::<4>(t, precision, x, w, pos, out),
+                }
+            },
+            _ => 0,
+        };
+        (n, fused && n > 0)
+    }
+
+    /// Where the AVX-512 decoder puts its symbols: a plane of `len` bytes, or (when `other`
+    /// is not empty) `len` interleaved elements.
+    pub(super) struct Sink<'a> {
+        fused: bool,
+        len: usize,
+        plane: *mut u8,
+        other: &'a [u8],
+        elements: *mut u8,
+        high: i32,
+        low: i32,
+        shift: u32,
+        _out: std::marker::PhantomData<&'a mut [u8]>,
+    }
+
+    impl<'a> From<&'a mut [u8]> for Sink<'a> {
+        fn from(plane: &'a mut [u8]) -> Self {
+            Sink {
+                fused: false,
+                len: plane.len(),
+                plane: plane.as_mut_ptr(),
+                other: &[],
+                elements: std::ptr::null_mut(),
+                high: 0,
+                low: 0,
+                shift: 0,
+                _out: std::marker::PhantomData,
+            }
+        }
+    }
+
+    impl Interleave<'_> {
+        /// The sink writing `self.out`'s elements for a plane of `plane.len()` symbols (the
+        /// caller checks `self.out` and `self.other` are long enough).
+        fn sink<'a>(&'a mut self, plane: &'a mut [u8]) -> Sink<'a> {
+            Sink {
+                fused: true,
+                len: plane.len(),
+                plane: plane.as_mut_ptr(),
+                other: self.other,
+                elements: self.out.as_mut_ptr(),
+                high: self.high as i32,
+                low: self.low as i32,
+                shift: self.shift,
+                _out: std::marker::PhantomData,
+            }
+        }
+    }
+
+    /// The AVX-512 encoder of wide streams: the same words and states as the scalar steps.
+    ///
+    /// States are kept in vectors of sixteen lanes in descending lane order, the order the
+    /// scalar encoder codes a group's lanes in, so a vector's flushed words are compressed
+    /// straight into stream order. `x / freq` is a single-precision division, corrected (see
+    /// `divide`).
+    pub(super) struct Encoder {
+        /// `freq | start << 16` per symbol.
+        packed: [u32; 256],
+        precision: u32,
+        /// The states of lanes `16 v + 15` down to `16 v` in vector `v`.
+        x: [[u32; 16]; WIDE_LANES / 16],
+        /// Vectors in use: `lanes / 16`.
+        vectors: usize,
+    }
+
+    impl Encoder {
+        /// `None` unless AVX-512 F, BW and POPCNT are available and `12 <= precision <= 16`
+        /// (all that wide streams use; `divide` needs quotients under 2^20).
+        pub(super) fn new(
+            table: &[super::EncSymbol; 256],
+            precision: u32,
+            states: &[u32],
+        ) -> Option<Encoder> {
+            let lanes = states.len();
+            if !avx512_available()
+                || !(12..=16).contains(&precision)
+                || !(lanes == NARROW_SIMD_LANES || lanes == WIDE_LANES)
+            {
+                return None;
+            }
+            let scale = 1u32 << precision;
+            let mut e = Encoder {
+                packed: [0; 256],
+                precision,
+                x: [[0; 16]; WIDE_LANES / 16],
+                vectors: lanes / 16,
+            };
+            // Absent symbols keep the zeros of `EncSymbol::default()`: frequency 0 codes
+            // garbage (as the scalar steps do), never anything unsafe.
+            for (s, sym) in table.iter().enumerate().filter(|(_, sym)| sym.x_max != 0) {
+                let freq = scale - sym.cmpl_freq;
+                let start = match freq {
+                    1 => sym.bias - (scale - 1),
+                    _ => sym.bias,
+                };
+                e.packed[s] = freq | start << 16;
+            }
+            for (v, x) in e.x.iter_mut().take(e.vectors).enumerate() {
+                for (j, x) in x.iter_mut().enumerate() {
+                    *x = states[16 * v + 15 - j];
+                }
+            }
+            Some(e)
+        }
+
+        /// Codes `block` (whole groups of the lane count) backwards, storing words from
+        /// `out[pos]`; returns the new end. `out` must hold `2 * block.len()` bytes from `pos`.
+        pub(super) fn encode(&mut self, block: &[u8], out: &mut [u8], pos: usize) -> usize {
+            assert!(
+                block.chunks_exact(16 * self.vectors).remainder().is_empty()
+                    && pos + 2 * block.len() <= out.len()
+            );
+            // SAFETY: `Encoder::new` checked the CPU features; the space is asserted above.
+            unsafe {
+                match self.vectors {
+                    2 => self.encode_avx512::<2>(block, out, pos),
+                    _ => self.encode_avx512::<{ WIDE_LANES / 16 }>(block, out, pos),
+                }
+            }
+        }
+
+        /// Writes the states back in lane order (`states` as given to `new`).
+        pub(super) fn finish(self, states: &mut [u32]) {
+            for (v, x) in self.x.iter().take(self.vectors).enumerate() {
+                for (j, &x) in x.iter().enumerate() {
+                    states[16 * v + 15 - j] = x;
+                }
+            }
+        }
+
+        /// # Safety
+        /// AVX-512 F, BW and POPCNT are available, `V` is `self.vectors`, `block.len()` is a
+        /// multiple of `16 V` and `pos + 2 * block.len() <= out.len()`.
+        #[target_feature(enable = "avx512f,avx512bw,popcnt")]
+        unsafe fn encode_avx512<const V: usize>(
+            &mut self,
+            block: &[u8],
+            out: &mut [u8],
+            mut pos: usize,
+        ) -> usize {
+            let reverse_bytes = _mm_setr_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+            let low16 = _mm512_set1_epi32(0xffff);
+            let precision = _mm_cvtsi32_si128(self.precision as i32);
+            let to_x_max = _mm_cvtsi32_si128(32 - self.precision as i32);
+            let mut x = [_mm512_setzero_si512(); V];
+            for (x, s) in x.iter_mut().zip(&self.x) {
+                // SAFETY: 16 `u32`s.
+                *x = unsafe { _mm512_loadu_si512(s.as_ptr().cast()) };
+            }
+            for group in block.chunks_exact(16 * V).rev() {
+                for v in (0..V).rev() {
+                    // SAFETY: `16 v + 16 <= 16 V == group.len()`.
+                    let bytes = unsafe { _mm_loadu_si128(group.as_ptr().add(16 * v).cast()) };
+                    let sym = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(bytes, reverse_bytes));
+                    // SAFETY: symbols are below 256, the table's length.
+                    let e =
+                        unsafe { _mm512_i32gather_epi32::<4>(sym, self.packed.as_ptr().cast()) };
+                    let freq = _mm512_and_si512(e, low16);
+                    let start = _mm512_srli_epi32::<16>(e);
+                    let flush = _mm512_cmpge_epu32_mask(x[v], _mm512_sll_epi32(freq, to_x_max));
+                    let words = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(flush, x[v]));
+                    // SAFETY: before this vector the block's earlier symbols advanced `pos` by
+                    // at most 2 each, so `pos + 32 <=` the block's start + `2 * block.len()`.
+                    unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(pos).cast(), words) };
+                    pos += 2 * flush.count_ones() as usize;
+                    let xs = _mm512_mask_srli_epi32::<16>(x[v], flush, x[v]);
+                    let (q, r) = divide(xs, freq);
+                    // C(s, x) = (x / freq) << precision | (x % freq + start).
+                    x[v] =
+                        _mm512_or_si512(_mm512_sll_epi32(q, precision), _mm512_add_epi32(r, start));
+                }
+            }
+            for (x, s) in x.iter().zip(self.x.iter_mut()) {
+                // SAFETY: 16 `u32`s.
+                unsafe { _mm512_storeu_si512(s.as_mut_ptr().cast(), *x) };
+            }
+            pos
+        }
+    }
+
+    /// Quotient and remainder of `x / freq` for quotients under 2^20 (`x < freq << 20`) and
+    /// `freq < 2^16`: a single-precision quotient is within 1/8 of the exact one (relative
+    /// error under 2^-23), so its truncation is off by at most one, which the remainder's
+    /// sign or size reveals. Lanes with `freq == 0` give garbage, never a fault.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn divide(x: __m512i, freq: __m512i) -> (__m512i, __m512i) {
+        let approx = _mm512_div_ps(_mm512_cvtepu32_ps(x), _mm512_cvtepu32_ps(freq));
+        let q = _mm512_cvttps_epu32(approx);
+        let r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));
+        let over = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
+        let under = _mm512_cmpge_epu32_mask(r, freq) & !over;
+        let one = _mm512_set1_epi32(1);
+        let q = _mm512_mask_add_epi32(_mm512_mask_sub_epi32(q, over, q, one), under, q, one);
+        let r = _mm512_mask_sub_epi32(_mm512_mask_add_epi32(r, over, r, freq), under, r, freq);
+        (q, r)
+    }
+
+    /// `divide` on plain arrays, for tests; `None` without AVX-512.
+    #[cfg(test)]
+    pub(super) fn divide_lanes(x: [u32; 16], freq: [u32; 16]) -> Option<[(u32, u32); 16]> {
+        if !avx512_available() {
+            return None;
+        }
+        let (mut q, mut r) = ([0u32; 16], [0u32; 16]);
+        // SAFETY: AVX-512 is available (checked above); the loads and stores are of 16 `u32`s.
+        unsafe {
+            let (vq, vr) = divide(
+                _mm512_loadu_si512(x.as_ptr().cast()),
+                _mm512_loadu_si512(freq.as_ptr().cast()),
+            );
+            _mm512_storeu_si512(q.as_mut_ptr().cast(), vq);
+            _mm512_storeu_si512(r.as_mut_ptr().cast(), vr);
+        }
+        Some(std::array::from_fn(|i| (q[i], r[i])))
+    }
+
+    /// AVX-512 decoding: `V` vectors of sixteen lanes. Refills take the lanes' words in one
+    /// `vpexpandd` of the next sixteen words, reversed (words are read backwards).
+    ///
+    /// With `SPLIT`, entries are `freq << 16 | offset` and the symbols are gathered from their
+    /// own byte array; otherwise entries are packed as `freq << 20 | offset << 8 | symbol`.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and POPCNT are available, `precision <= 16` (`<= 12` unless `SPLIT`),
+    /// `entries.len() == 1 << precision`, with `SPLIT` `symbols.len() >= entries.len() + 3`,
+    /// and `*pos <= words.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,popcnt")]
+    unsafe fn decode_avx512<const V: usize, const SPLIT: bool>(
+        entries: &[u32],
+        symbols: &[u8],
+        precision: u32,
+        states: &mut [u32],
+        words: &[u8],
+        pos: &mut usize,
+        out: Sink<'_>,
+    ) -> usize {
+        assert!(states.len() == 16 * V);
+        debug_assert!(entries.len() == 1 << precision && *pos <= words.len());
+        let mask = _mm512_set1_epi32((1 << precision) - 1);
+        let shift = _mm_cvtsi32_si128(precision as i32);
+        let low = _mm512_set1_epi32(STATE_LOW as i32);
+        let offset_mask = _mm512_set1_epi32(if SPLIT { 0xffff } else { 0xfff });
+        // Dword j's low word is word 15 - j of the window; its high word is zeroed by the mask.
+        let reverse: [u16; 32] =
+            std::array::from_fn(|i| if i % 2 == 0 { 15 - i as u16 / 2 } else { 0 });
+        // SAFETY: 64 bytes from a 64-byte array.
+        let reverse = unsafe { _mm512_loadu_si512(reverse.as_ptr().cast()) };
+        let ptr = states.as_mut_ptr();
+        let mut x = [_mm512_setzero_si512(); V];
+        for (v, x) in x.iter_mut().enumerate() {
+            // SAFETY: `states` holds `16 V` `u32`s.
+            *x = unsafe { _mm512_loadu_si512(ptr.add(16 * v).cast()) };
+        }
+        let (keep_high, keep_low) = (_mm512_set1_epi32(out.high), _mm512_set1_epi32(out.low));
+        let symbol_shift = _mm_cvtsi32_si128(out.shift as i32);
+        let low8 = _mm512_set1_epi32(0xff);
+        let mut p = *pos;
+        let mut done = 0;
+        while done + 16 * V <= out.len && p >= 32 * V {
+            for (v, xv) in x.iter_mut().enumerate() {
+                let slot = _mm512_and_si512(*xv, mask);
+                // SAFETY: every slot is below `2^precision == entries.len()`.
+                let e = unsafe { _mm512_i32gather_epi32::<4>(slot, entries.as_ptr().cast()) };
+                let (freq, offset, symbol) = if SPLIT {
+                    // SAFETY: 4 bytes from `slot < entries.len()`, and `symbols` has 3 more.
+                    let s = unsafe { _mm512_i32gather_epi32::<1>(slot, symbols.as_ptr().cast()) };
+                    (
+                        _mm512_srli_epi32::<16>(e),
+                        _mm512_and_si512(e, offset_mask),
+                        s,
+                    )
+                } else {
+                    let offset = _mm512_and_si512(_mm512_srli_epi32::<8>(e), offset_mask);
+                    (_mm512_srli_epi32::<20>(e), offset, e)
+                };
+                let y = _mm512_add_epi32(
+                    _mm512_mullo_epi32(freq, _mm512_srl_epi32(*xv, shift)),
+                    offset,
+                );
+                let refill = _mm512_cmplt_epu32_mask(y, low);
+                // SAFETY: the group started with `p >= 32 V` and each earlier vector took at most
+                // 16 words (32 bytes), so `32 <= p <= words.len()` here.
+                let window = unsafe {
+                    _mm512_zextsi256_si512(_mm256_loadu_si256(words.as_ptr().add(p - 32).cast()))
+                };
+                let fresh = _mm512_maskz_expand_epi32(
+                    refill,
+                    _mm512_maskz_permutexvar_epi16(0x5555_5555, reverse, window),
+                );
+                *xv = _mm512_or_si512(_mm512_mask_slli_epi32::<16>(y, refill, y), fresh);
+                p -= 2 * refill.count_ones() as usize;
+                let at = done + 16 * v;
+                if out.fused {
+                    // SAFETY: `at + 16 <= done + 16 V <= out.len`, and the caller guarantees
+                    // `out.other` has `out.len` bytes and `out.elements` `2 out.len`.
+                    unsafe {
+                        let o = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            out.other.as_ptr().add(at).cast(),
+                        ));
+                        let hi = _mm512_slli_epi32::<8>(_mm512_and_si512(o, keep_high));
+                        let s = _mm512_sll_epi32(_mm512_and_si512(symbol, low8), symbol_shift);
+                        let lo = _mm512_and_si512(o, keep_low);
+                        let e = _mm512_ternarylogic_epi32::<0xFE>(hi, lo, s);
+                        _mm256_storeu_si256(
+                            out.elements.add(2 * at).cast(),
+                            _mm512_cvtepi32_epi16(e),
+                        );
+                    }
+                } else {
+                    // SAFETY: `at + 16 <= done + 16 V <= out.len`, the plane's length.
+                    unsafe {
+                        _mm_storeu_si128(out.plane.add(at).cast(), _mm512_cvtepi32_epi8(symbol))
+                    };
+                }
+            }
+            done += 16 * V;
+        }
+        for (v, &state) in x.iter().enumerate() {
+            // SAFETY: as for the loads above.
+            unsafe { _mm512_storeu_si512(ptr.add(16 * v).cast(), state) };
+        }
+        *pos = p;
+        done
     }
 
     /// `pshufb` controls by refill mask: the lane with the k-th set bit (k counted from lane 0)
@@ -1089,13 +1648,13 @@ mod simd {
     /// (`*pos >= 16 V` at the start of a group); returns the number of symbols written to `out`.
     ///
     /// # Safety
-    /// AVX2 is available, `V` is even, `precision <= 12`, `table.len() == 1 << precision` with
+    /// AVX2 and POPCNT are available, `V` is even, `precision <= 12`, `table.len() == 1 << precision` with
     /// entries packed as `freq << 20 | offset << 8 | symbol`, and `*pos <= words.len()`.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn decode_avx2<const V: usize>(
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn decode_avx2<const V: usize>(
         table: &[u32],
         precision: u32,
-        states: &mut [u32; super::WIDE_LANES],
+        states: &mut [u32],
         words: &[u8],
         pos: &mut usize,
         out: &mut [u8],
@@ -1471,6 +2030,137 @@ mod tests {
     }
 
     #[test]
+    fn simd_encoder_matches_scalar_encoder() {
+        let mut rng = Rng(15);
+        for len in [64, 65, 127, 4096, 4160, 70_001, 262_144] {
+            for plane in planes(&mut rng, len)
+                .into_iter()
+                .filter(|p| Histogram::of(p).distinct() > 1)
+            {
+                let min_precision = ceil_log2(Histogram::of(&plane).distinct());
+                for precision in [min_precision, 9, 12, 13, 14, 15, 16] {
+                    for lanes in [NARROW_SIMD_LANES, WIDE_LANES] {
+                        let plan = Plan {
+                            lanes,
+                            ..Plan::at(&Histogram::of(&plane), precision.max(min_precision))
+                        };
+                        let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                        encode_plan_at(&plane, &plan, &mut fast, Simd::best());
+                        encode_plan_at(&plane, &plan, &mut slow, Simd::Off);
+                        assert!(
+                            fast == slow,
+                            "len {len} precision {precision} lanes {lanes}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_division_is_exact() {
+        let mut rng = Rng(16);
+        let freqs: Vec<u32> = (1..16)
+            .flat_map(|b| [(1u32 << b) - 1, 1 << b, (1 << b) + 1])
+            .chain((0..400).map(|_| 1 + rng.below(65_535) as u32))
+            .filter(|&f| (1..65_536).contains(&f))
+            .collect();
+        for chunk in freqs.chunks_exact(16) {
+            let freq: [u32; 16] = chunk.try_into().unwrap();
+            for round in 0..400 {
+                // Near multiples of the frequency, up to the largest state the encoder divides.
+                let x: [u32; 16] = std::array::from_fn(|i| {
+                    let f = freq[i] as u64;
+                    let limit = (f << 20).min(1 << 32) - 1;
+                    let k = if round == 0 {
+                        limit / f
+                    } else {
+                        rng.below(limit / f + 1)
+                    };
+                    (k * f + rng.below(3)).saturating_sub(1).min(limit) as u32
+                });
+                let Some(qr) = simd::divide_lanes(x, freq) else {
+                    return;
+                };
+                for i in 0..16 {
+                    assert_eq!(
+                        qr[i],
+                        (x[i] / freq[i], x[i] % freq[i]),
+                        "{} / {}",
+                        x[i],
+                        freq[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// `decode_interleaved` as plain decode and a scalar merge.
+    fn interleaved_reference(
+        input: &[u8],
+        other: &[u8],
+        high: u8,
+        low: u8,
+        shift: u32,
+    ) -> Option<Vec<u8>> {
+        let mut plane = vec![0u8; other.len()];
+        decode(input, &mut plane).ok()?;
+        Some(
+            plane
+                .iter()
+                .zip(other)
+                .flat_map(|(&s, &o)| {
+                    ((((o & high) as u16) << 8) | (o & low) as u16 | (s as u16) << shift)
+                        .to_le_bytes()
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn interleaved_decode_matches_decode_and_merge() {
+        let mut rng = Rng(17);
+        for len in [1, 63, 64, 65, 1000, 40_000, 131_072] {
+            for plane in planes(&mut rng, len) {
+                let other = rng.bytes(len);
+                let mut stream = encoded(&plane);
+                for corrupt in [false, true] {
+                    if corrupt {
+                        let at = rng.below(stream.len() as u64) as usize;
+                        stream[at] ^= 1 << rng.below(8);
+                    }
+                    for (high, low, shift) in [(0x80, 0x7f, 7), (0, 0xff, 8), (0xff, 0, 0)] {
+                        let want = interleaved_reference(&stream, &other, high, low, shift);
+                        let mut elements = vec![0u8; 2 * len];
+                        let mut out = vec![0u8; len];
+                        let mut with = Interleave {
+                            other: &other,
+                            high,
+                            low,
+                            shift,
+                            out: &mut elements,
+                        };
+                        let got = decode_interleaved(&stream, &mut out, &mut with);
+                        assert_eq!(got.is_ok(), want.is_some());
+                        if let (Ok(n), Some(want)) = (got, want) {
+                            assert!(n % NARROW_SIMD_LANES == 0 && n <= len);
+                            // The rest is the plane's, to merge as usual.
+                            for (i, (&s, &o)) in out.iter().zip(&other).enumerate().skip(n) {
+                                let e = (((o & high) as u16) << 8)
+                                    | (o & low) as u16
+                                    | (s as u16) << shift;
+                                elements[2 * i..2 * i + 2].copy_from_slice(&e.to_le_bytes());
+                            }
+                            assert!(elements == want, "len {len}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn fast_encoder_matches_reference_encoder() {
         let mut rng = Rng(3);
         for len in [1, 5, 8, 77, 5000, 70_001] {
@@ -1481,12 +2171,14 @@ mod tests {
                 for (precision, lanes) in [
                     (8, 1),
                     (12, 8),
-                    (12, 4),
+                    (12, NARROW_SIMD_LANES),
+                    (14, NARROW_SIMD_LANES),
                     (14, WIDE_LANES),
                     (16, 8),
                     (16, 1),
                     (12, WIDE_LANES),
                     (9, WIDE_LANES),
+                    (16, WIDE_LANES),
                 ] {
                     let fast = encoded_with(&plane, precision, lanes);
                     assert_eq!(fast, reference_encode(&plane, precision, lanes));
@@ -1509,21 +2201,22 @@ mod tests {
         }
     }
 
-    /// Decodes with the unchecked scalar loops only (no SIMD), for comparison with `decode`.
-    fn decode_scalar(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
+    /// Decodes with the unchecked loops and at most the `simd` decoder, for comparison with
+    /// `decode` (which takes the best one).
+    fn decode_at(input: &[u8], out: &mut [u8], simd: Simd) -> Result<(), CorruptStream> {
         match input.first() {
             Some(&tag) if tag & 3 == KIND_RANS && !out.is_empty() => {
                 let (table, stream) = parse(tag, &input[1..])?;
                 let mut scratch = Scratch::default();
                 build_slots(&table, stream.precision, &mut scratch)?;
                 if stream.precision <= PACKED_MAX_PRECISION {
-                    decode_slots(&Packed(&scratch.entries), &stream, out, false)
+                    decode_slots(&Packed(&scratch.entries), &stream, out, simd, None).map(|_| ())
                 } else {
                     let split = Split {
                         entries: &scratch.entries,
                         symbols: &scratch.symbols,
                     };
-                    decode_slots(&split, &stream, out, false)
+                    decode_slots(&split, &stream, out, simd, None).map(|_| ())
                 }
             }
             _ => decode(input, out),
@@ -1533,28 +2226,33 @@ mod tests {
     #[test]
     fn simd_scalar_and_checked_paths_agree() {
         let mut rng = Rng(14);
-        for len in [31, 32, 33, 100, 1000, 4097, 40_000, 131_072] {
+        for len in [31, 32, 33, 63, 64, 65, 100, 1000, 4097, 40_000, 131_072] {
             for plane in planes(&mut rng, len)
                 .into_iter()
                 .filter(|p| Histogram::of(p).distinct() > 1)
             {
                 let min_precision = ceil_log2(Histogram::of(&plane).distinct());
-                for precision in [8, 10, 12, 14] {
-                    let stream = encoded_with(&plane, precision.max(min_precision), WIDE_LANES);
+                for (precision, lanes) in [8, 10, 12, 13, 14, 16]
+                    .into_iter()
+                    .flat_map(|p| [(p, NARROW_SIMD_LANES), (p, WIDE_LANES)])
+                {
+                    let stream = encoded_with(&plane, precision.max(min_precision), lanes);
                     let mut bad = stream.clone();
                     let at = rng.below(bad.len() as u64) as usize;
                     bad[at] ^= 1 << rng.below(8);
                     for input in [&stream, &bad] {
-                        let mut outs = [vec![0u8; len], vec![0u8; len], vec![0u8; len]];
-                        let [a, b, c] = &mut outs;
+                        let mut outs = [(); 5].map(|_| vec![0u8; len]);
+                        let [a, b, c, d, e] = &mut outs;
                         let results = [
                             decode(input, a).is_ok(),
-                            decode_scalar(input, b).is_ok(),
-                            decode_checked(input, c).is_ok(),
+                            decode_at(input, b, Simd::Off).is_ok(),
+                            decode_at(input, c, Simd::Avx2).is_ok(),
+                            decode_at(input, d, Simd::Avx512).is_ok(),
+                            decode_checked(input, e).is_ok(),
                         ];
                         assert!(results.iter().all(|&r| r == results[0]));
                         if results[0] {
-                            assert!(outs[0] == outs[1] && outs[1] == outs[2]);
+                            assert!(outs.iter().all(|o| *o == outs[0]));
                         }
                     }
                     let mut out = vec![0u8; len];
