@@ -230,10 +230,15 @@ impl KvBlockCodec {
         let mut best_len = out.len() - hdr_flat;
         let width = elem_width(dtype);
         if let (Some(w), Some(m)) = (width, matrices(shape, layout)) {
-            if len > 0 && m.cols > 1 {
+            let ch_bytes = m.rows * w;
+            let total_channels = m.batch * m.cols;
+            // Small pages (a few tokens) have no group worth a frame: skip the transpose.
+            let any_group = GROUPS.iter().any(|&g| {
+                let g = g.min(total_channels);
+                g * ch_bytes >= MIN_GROUP_BYTES || g == total_channels
+            });
+            if len > 0 && m.cols > 1 && any_group {
                 transpose(bytes, w, m, &mut self.transposed);
-                let ch_bytes = m.rows * w;
-                let total_channels = m.batch * m.cols;
                 let mut tried_all = false;
                 for g in GROUPS {
                     let g = g.min(total_channels);
