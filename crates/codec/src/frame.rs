@@ -547,6 +547,15 @@ fn decode_planes(
             return Err(corrupt("raw plane of the wrong length"));
         }
     }
+    // One byte plane (FP8 and other bytes coded whole): decode straight into the output,
+    // without a scratch plane and the copy out of it.
+    if let (Layout::Bytes, [(coder, payload)]) = (h.layout, parts) {
+        if *coder == Coder::Raw {
+            out.copy_from_slice(payload);
+            return Ok(());
+        }
+        return decode_plane(*coder, payload, out);
+    }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let planes = &mut s.planes;
