@@ -301,8 +301,11 @@ def main():
         t = time.perf_counter()
         subprocess.run([a.bin, "push-dir", "--quiet", model, f"{fz_url}/v1/models/{ORG}/{NAME}",
                         "--token", TOKEN], check=True, stdout=subprocess.DEVNULL)
+        # Containers are stored as content-addressed segments (old layout: whole blobs).
         stored = sum(os.path.getsize(os.path.join(d, f))
-                     for d, _, fs in os.walk(os.path.join(work, "data", "blobs")) for f in fs)
+                     for sub in ("segments", "blobs")
+                     for d, _, fs in os.walk(os.path.join(work, "data", sub)) for f in fs
+                     if not f.endswith(".json"))
         print(f"push-dir: {time.perf_counter() - t:.2f} s, stored {stored / 1e6:.1f} MB "
               f"({stored / total:.3f} of the original)")
         wait_for(f"{st_url}/api/models/{ORG}/{NAME}", st, "static server")
