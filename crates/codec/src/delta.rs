@@ -183,21 +183,7 @@ pub fn read_entry_with_base<S: ReadAt>(
     let mut out = Vec::with_capacity(e.original_len() as usize);
     archive.decode_entry_stored(idx, &mut out)?;
     if e.delta {
-        let name = e.name.as_deref().unwrap_or_default();
-        let (_, b) = base.tensor(name).ok_or_else(|| Error::BaseMismatch {
-            what: e.label(),
-            expected: e.base_blake3.clone().unwrap_or_default(),
-            actual: "no such tensor in the base".into(),
-        })?;
-        let actual = blake3::hash(b).to_hex().to_string();
-        if Some(&actual) != e.base_blake3.as_ref() || b.len() != out.len() {
-            return Err(Error::BaseMismatch {
-                what: e.label(),
-                expected: e.base_blake3.clone().unwrap_or_default(),
-                actual,
-            });
-        }
-        xor_into(&mut out, b);
+        undo_delta(e, &mut out, base)?;
     }
     check_entry_digest(e, &out)?;
     Ok(out)
@@ -305,26 +291,32 @@ impl<S: ReadAt> BaseTensors for ArchiveBase<'_, S> {
                         .map_or_else(String::new, |b| b.sha256.clone()),
                 )
             })?;
-            let b = parent
-                .tensor_like(name, dtype, shape)?
-                .ok_or_else(|| Error::BaseMismatch {
-                    what: e.label(),
-                    expected: e.base_blake3.clone().unwrap_or_default(),
-                    actual: "no such tensor in the base".into(),
-                })?;
-            let actual = blake3::hash(&b).to_hex().to_string();
-            if Some(&actual) != e.base_blake3.as_ref() || b.len() != out.len() {
-                return Err(Error::BaseMismatch {
-                    what: e.label(),
-                    expected: e.base_blake3.clone().unwrap_or_default(),
-                    actual,
-                });
-            }
-            xor_into(&mut out, &b);
+            undo_delta(e, &mut out, parent)?;
         }
         check_entry_digest(e, &out)?;
         Ok(Some(out))
     }
+}
+
+/// Turns the stored bytes of delta entry `e` back into the original: XOR with the base
+/// tensor of the same name, dtype and shape, after checking it is the one the delta was
+/// coded against (its BLAKE3).
+fn undo_delta(e: &crate::manifest::Entry, stored: &mut [u8], base: &dyn BaseTensors) -> Result<()> {
+    let name = e.name.as_deref().unwrap_or_default();
+    let mismatch = |actual: String| Error::BaseMismatch {
+        what: e.label(),
+        expected: e.base_blake3.clone().unwrap_or_default(),
+        actual,
+    };
+    let b = base
+        .tensor_like(name, &e.dtype, &e.shape)?
+        .ok_or_else(|| mismatch("no such tensor in the base".into()))?;
+    let actual = blake3::hash(&b).to_hex().to_string();
+    if Some(&actual) != e.base_blake3.as_ref() || b.len() != stored.len() {
+        return Err(mismatch(actual));
+    }
+    xor_into(stored, &b);
+    Ok(())
 }
 
 /// Re-codes the standalone container `new` against `base`, one tensor at a time: each
@@ -583,23 +575,7 @@ pub fn decompress_delta_to<S: ReadAt, W: std::io::Write>(
         bytes.clear();
         archive.decode_entry_stored(idx, &mut bytes)?;
         if e.delta {
-            let name = e.name.as_deref().unwrap_or_default();
-            let b =
-                base.tensor_like(name, &e.dtype, &e.shape)?
-                    .ok_or_else(|| Error::BaseMismatch {
-                        what: e.label(),
-                        expected: e.base_blake3.clone().unwrap_or_default(),
-                        actual: "no such tensor in the base".into(),
-                    })?;
-            let actual = blake3::hash(&b).to_hex().to_string();
-            if Some(&actual) != e.base_blake3.as_ref() || b.len() != bytes.len() {
-                return Err(Error::BaseMismatch {
-                    what: e.label(),
-                    expected: e.base_blake3.clone().unwrap_or_default(),
-                    actual,
-                });
-            }
-            xor_into(&mut bytes, &b);
+            undo_delta(e, &mut bytes, base)?;
         }
         check_entry_digest(e, &bytes)?;
         out.write_all(&bytes)?;
