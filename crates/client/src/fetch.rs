@@ -468,35 +468,11 @@ impl Worker<'_> {
                 reason: format!("BLAKE3 is {actual}, the manifest says {}", e.blake3),
             });
         }
-        self.ctx.progress.entry_verified();
-        match self.dest {
-            Dest::Memory(tx) => {
-                let Some(name) = e.name.clone() else {
-                    return Ok(());
-                };
-                let t = Tensor {
-                    name,
-                    dtype: e.dtype.clone(),
-                    shape: e.shape.clone(),
-                    bytes: asm.bytes,
-                };
-                tx.send(Ok(t)).await.map_err(|_| {
-                    Fail::Fatal(Error::Internal("the tensor stream was dropped".into()))
-                })
-            }
-            Dest::File { log, sha, .. } => {
-                if let Some(log) = log {
-                    let mut log = log.lock().map_err(|_| {
-                        Fail::Fatal(Error::Internal("progress log poisoned".into()))
-                    })?;
-                    log.record(asm.entry).map_err(Fail::Fatal)?;
-                }
-                if let Some(sha) = sha {
-                    sha.entry_done(asm.entry);
-                }
-                Ok(())
-            }
-        }
+        // File destinations got the bytes as each frame was decoded (`asm.bytes` is empty
+        // then, so nothing is written twice); this records the entry as done.
+        deliver_verified(self.ctx, self.m, self.dest, asm.entry, asm.bytes)
+            .await
+            .map_err(Fail::Fatal)
     }
 }
 
@@ -538,8 +514,10 @@ pub(crate) async fn deliver_verified(
                 .get(idx)
                 .copied()
                 .ok_or_else(|| Error::Internal(format!("no offset for entry {idx}")))?;
-            file.write_all_at(&bytes, at)
-                .map_err(|e| Error::io(path.as_ref(), e))?;
+            if !bytes.is_empty() {
+                file.write_all_at(&bytes, at)
+                    .map_err(|e| Error::io(path.as_ref(), e))?;
+            }
             if let Some(log) = log {
                 log.lock()
                     .map_err(|_| Error::Internal("progress log poisoned".into()))?

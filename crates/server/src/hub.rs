@@ -637,7 +637,7 @@ async fn resolve(
     let rep = Representation {
         len: ptr.manifest.original_size,
         etag: format!("\"{}\"", ptr.manifest.sha256),
-        content_type: content_type_for(&file),
+        content_type: crate::routes::content_type_for(&file),
         // A revision id names immutable content; `main` moves.
         cache_control: if rev_name == rev.id {
             IMMUTABLE
@@ -660,16 +660,6 @@ async fn resolve(
         download::original_body(&st, ptr.clone(), s, e)
     })?;
     Ok(resp)
-}
-
-fn content_type_for(file: &str) -> &'static str {
-    if file.ends_with(".json") {
-        "application/json"
-    } else if file.ends_with(".txt") || file.ends_with(".md") {
-        "text/plain; charset=utf-8"
-    } else {
-        "application/octet-stream"
-    }
 }
 
 async fn commit(

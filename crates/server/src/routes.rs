@@ -143,7 +143,8 @@ fn wants_container(q: &Query, headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-fn content_type_for(file: &str) -> &'static str {
+/// The `Content-Type` of a stored file's original bytes, by its name.
+pub(crate) fn content_type_for(file: &str) -> &'static str {
     if file.ends_with(".json") {
         "application/json"
     } else if file.ends_with(".txt") || file.ends_with(".md") {
