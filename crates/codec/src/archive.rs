@@ -1,6 +1,7 @@
 //! Random access to a `.fz` container: one tensor, or any byte range of the original,
 //! decoding only the frames it needs.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -21,6 +22,11 @@ pub trait ReadAt: Sync {
     fn size(&self) -> io::Result<u64>;
     /// Fills `buf` from `offset`, or fails.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// The whole source, where it is already in memory: frames are then decoded where they
+    /// lie instead of being copied out first.
+    fn as_bytes(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl ReadAt for File {
@@ -44,6 +50,9 @@ impl ReadAt for [u8] {
         buf.copy_from_slice(src);
         Ok(())
     }
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl ReadAt for &[u8] {
@@ -53,6 +62,9 @@ impl ReadAt for &[u8] {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_exact_at(buf, offset)
     }
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl ReadAt for Vec<u8> {
@@ -61,6 +73,9 @@ impl ReadAt for Vec<u8> {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.as_slice().read_exact_at(buf, offset)
+    }
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
     }
 }
 
@@ -156,16 +171,20 @@ impl<S: ReadAt> FzArchive<S> {
     }
 
     /// Reads the raw (compressed) frames of entry `idx`, numbers `first..last`.
-    pub fn read_frames(&self, idx: usize, first: usize, last: usize) -> Result<Vec<u8>> {
+    /// Borrowed when the container is in memory, read into a buffer otherwise.
+    pub fn read_frames(&self, idx: usize, first: usize, last: usize) -> Result<Cow<'_, [u8]>> {
         let e = &self.manifest.entries[idx];
         let (begin, _) = e.frame_compressed_range(first);
         let (_, end) = e.frame_compressed_range(last - 1);
-        read_at(
-            &self.src,
-            begin,
-            end - begin,
-            &format!("the frames of {}", e.label()),
-        )
+        let what = || format!("the frames of {}", e.label());
+        if let Some(all) = self.src.as_bytes() {
+            let range = usize::try_from(begin).ok().zip(usize::try_from(end).ok());
+            return range
+                .and_then(|(b, e)| all.get(b..e))
+                .map(Cow::Borrowed)
+                .ok_or_else(|| Error::Truncated(format!("the container ends inside {}", what())));
+        }
+        read_at(&self.src, begin, end - begin, &what()).map(Cow::Owned)
     }
 
     /// Decodes frames `first..last` of entry `idx`, appending to `out`.

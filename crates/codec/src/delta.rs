@@ -367,7 +367,7 @@ pub fn recode_as_delta<S: ReadAt, W: std::io::Write>(
                 entry.coders = coded.coders;
                 entry.delta = true;
                 entry.base_blake3 = Some(blake3::hash(&b).to_hex().to_string());
-                frames = coded.bytes;
+                frames = coded.bytes.into();
             }
         }
         entry.compressed = [written, written + frames.len() as u64];

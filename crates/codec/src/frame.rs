@@ -245,10 +245,11 @@ fn varint_len(v: usize) -> usize {
 /// planes. The decoded bytes catch a wrong decode; the coded bytes catch corruption that
 /// happens to decode right (padding bits, unused table entries), so every changed byte of
 /// a container is an error. 32 bits keep tiny tensors' frames small; the whole-file hash
-/// backs them up.
+/// backs them up. `twox-hash` computes it because it picks AVX2 at run time (`xxhash-rust`
+/// only uses what the build targets, SSE2): the checksums cost a tenth of a decode.
 fn checksum(original: &[u8], coded_planes: &[u8]) -> u32 {
-    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
-    xxh3_64_with_seed(coded_planes, xxh3_64(original)) as u32
+    use twox_hash::XxHash3_64;
+    XxHash3_64::oneshot_with_seed(XxHash3_64::oneshot(original), coded_planes) as u32
 }
 
 /// Encodes one chunk of `dtype` elements as a frame appended to `out`.
@@ -675,6 +676,19 @@ mod tests {
         assert!(looks_repetitive(&chunk));
         let s = round_trip(&chunk, DType::BF16);
         assert_eq!(s.coders, vec![Coder::Zstd]);
+    }
+
+    #[test]
+    fn checksum_is_xxh3_64_chained() {
+        // The frame format fixes the checksum as xxh3-64; whichever crate computes it must
+        // agree with the reference implementation on every input size class.
+        use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+        for len in [0usize, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 100_000] {
+            let a: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            let b: Vec<u8> = (0..len / 2 + 5).map(|i| (i * 17 + 3) as u8).collect();
+            let want = xxh3_64_with_seed(&b, xxh3_64(&a)) as u32;
+            assert_eq!(checksum(&a, &b), want, "len {len}");
+        }
     }
 
     #[test]
