@@ -233,6 +233,24 @@ fn bench_reports_floatzip_zstd_and_floor() {
             .unwrap()
             > 0
     );
+    // The per-plane report covers every stored frame's planes: its coded bytes add up to
+    // at most the container's frames, and the big planes sit at or just above their floor.
+    let planes = v[0]["planes"].as_object().unwrap();
+    let coded: u64 = planes
+        .values()
+        .map(|p| p["coded_bytes"].as_u64().unwrap())
+        .sum();
+    let bytes = v[0]["bytes"].as_u64().unwrap() as f64;
+    let ratio = v[0]["contenders"][0]["ratio"].as_f64().unwrap();
+    assert!(coded > 0 && (coded as f64) < bytes * ratio, "{coded}");
+    let fp8 = planes
+        .iter()
+        .filter(|(k, _)| k.starts_with("F8_E4M3"))
+        .max_by_key(|(_, p)| p["coded_bytes"].as_u64().unwrap())
+        .map(|(_, p)| p)
+        .unwrap();
+    let over = fp8["coded_bytes"].as_f64().unwrap() / fp8["floor_bytes"].as_f64().unwrap();
+    assert!((1.0..1.02).contains(&over), "{over}");
 }
 
 #[test]

@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use floatzip_codec::frame::encode_frame;
-use floatzip_codec::{compress_bytes, decompress, decompress_bytes, FzArchive, Manifest};
+use floatzip_codec::coders::Histogram;
+use floatzip_codec::frame::{encode_frame, frame_plane_sizes, parse_frame};
+use floatzip_codec::{compress_bytes, decompress, decompress_bytes, FzArchive, Layout, Manifest};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -57,6 +58,23 @@ struct DtypeRow {
     floor_bytes: f64,
 }
 
+/// How close the coders come to the order-0 entropy of the planes they code, summed over
+/// the chunks of one dtype, layout and plane.
+#[derive(Serialize, Default)]
+struct PlaneRow {
+    /// Planes (one per chunk) counted.
+    planes: u64,
+    /// Stored bytes of these planes, coder byte and length included.
+    coded_bytes: u64,
+    /// Sum of each plane's order-0 entropy in bytes.
+    floor_bytes: f64,
+    /// Coded bytes of the planes more than 1 % above their own floor (planes whose floor is
+    /// under 1 KiB are left out: a length byte alone is 1 % of them).
+    over_1pct_bytes: u64,
+    /// Coders used, by name, with the number of planes each coded.
+    coders: BTreeMap<String, u64>,
+}
+
 #[derive(Serialize)]
 struct FileReport {
     file: String,
@@ -64,6 +82,50 @@ struct FileReport {
     floor_ratio: f64,
     contenders: Vec<Measure>,
     by_dtype: BTreeMap<String, DtypeRow>,
+    planes: BTreeMap<String, PlaneRow>,
+}
+
+/// Re-splits every chunk as its frame says and compares each stored plane with the order-0
+/// entropy of that plane of that chunk.
+fn plane_efficiency(
+    data: &[u8],
+    fz: &[u8],
+    manifest: &Manifest,
+) -> anyhow::Result<BTreeMap<String, PlaneRow>> {
+    let mut rows: BTreeMap<String, PlaneRow> = BTreeMap::new();
+    let mut planes = Vec::new();
+    for e in &manifest.entries {
+        for i in 0..e.frames.len() {
+            let (cb, ce) = e.frame_compressed_range(i);
+            let (ob, oe) = e.frame_original_range(i);
+            let frame = fz
+                .get(cb as usize..ce as usize)
+                .context("frame outside the container")?;
+            let chunk = data
+                .get(ob as usize..oe as usize)
+                .context("chunk outside the file")?;
+            let (h, _) = parse_frame(frame).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let sizes = frame_plane_sizes(&h).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            planes.clear();
+            h.layout.split(chunk, &mut planes);
+            if h.layout == Layout::Bytes || planes.len() != sizes.len() {
+                planes = vec![chunk.to_vec()];
+            }
+            for (p, (plane, (coder, size))) in planes.iter().zip(sizes).enumerate() {
+                let floor = Histogram::of(plane).entropy_bytes();
+                let key = format!("{} {} plane {p}", e.coded_as, h.layout.name());
+                let row = rows.entry(key).or_default();
+                row.planes += 1;
+                row.coded_bytes += size as u64;
+                row.floor_bytes += floor;
+                if floor >= 1024.0 && size as f64 > floor * 1.01 {
+                    row.over_1pct_bytes += size as u64;
+                }
+                *row.coders.entry(coder.name().to_string()).or_default() += 1;
+            }
+        }
+    }
+    Ok(rows)
 }
 
 fn median_secs(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
@@ -81,9 +143,14 @@ fn mbps(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs.max(1e-12)
 }
 
-fn bench_floatzip(data: &[u8], a: &BenchArgs, rep: &mut Vec<Measure>) -> anyhow::Result<Manifest> {
+fn bench_floatzip(
+    data: &[u8],
+    a: &BenchArgs,
+    rep: &mut Vec<Measure>,
+) -> anyhow::Result<(Manifest, BTreeMap<String, PlaneRow>)> {
     let opts = a.codec.options();
     let (fz, manifest) = compress_bytes(data, opts)?;
+    let planes = plane_efficiency(data, &fz, &manifest)?;
     anyhow::ensure!(
         decompress_bytes(&fz)? == data,
         "floatzip round trip differs"
@@ -142,7 +209,7 @@ fn bench_floatzip(data: &[u8], a: &BenchArgs, rep: &mut Vec<Measure>) -> anyhow:
         compress_mb_s: mbps(data.len(), e),
         decompress_mb_s: mbps(data.len(), d),
     });
-    Ok(manifest)
+    Ok((manifest, planes))
 }
 
 fn bench_zstd(data: &[u8], level: i32, runs: usize, rep: &mut Vec<Measure>) -> anyhow::Result<()> {
@@ -166,7 +233,7 @@ fn bench_file(path: &PathBuf, a: &BenchArgs) -> anyhow::Result<FileReport> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.max(1))
         .build()?;
-    let manifest = pool.install(|| bench_floatzip(&data, a, &mut contenders))?;
+    let (manifest, planes) = pool.install(|| bench_floatzip(&data, a, &mut contenders))?;
     let levels: &[i32] = if a.no_zstd { &[] } else { &[1, 3, 19] };
     for &level in levels {
         bench_zstd(
@@ -191,6 +258,7 @@ fn bench_file(path: &PathBuf, a: &BenchArgs) -> anyhow::Result<FileReport> {
         floor_ratio: floor / data.len() as f64,
         contenders,
         by_dtype,
+        planes,
     })
 }
 
@@ -223,6 +291,24 @@ fn print_table(out: &mut impl Write, r: &FileReport) -> std::io::Result<()> {
             row.original_bytes,
             row.compressed_bytes as f64 / orig,
             row.floor_bytes / orig
+        )?;
+    }
+    writeln!(
+        out,
+        "  {:<36} {:>7} {:>12} {:>10} {:>8}  coders",
+        "plane (chunk-wise)", "planes", "coded bytes", "×floor", ">1% of"
+    )?;
+    for (k, p) in r.planes.iter().filter(|(_, p)| p.coded_bytes >= 4096) {
+        let coders: Vec<String> = p.coders.iter().map(|(c, n)| format!("{c}×{n}")).collect();
+        writeln!(
+            out,
+            "  {:<36} {:>7} {:>12} {:>10.4} {:>7.1}%  {}",
+            k,
+            p.planes,
+            p.coded_bytes,
+            p.coded_bytes as f64 / p.floor_bytes.max(1.0),
+            100.0 * p.over_1pct_bytes as f64 / p.coded_bytes as f64,
+            coders.join(" ")
         )?;
     }
     Ok(())

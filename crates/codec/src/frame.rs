@@ -510,6 +510,15 @@ pub fn frame_coders(h: &FrameHeader<'_>) -> Result<Vec<Coder>, FrameError> {
     Ok(plane_parts(h)?.into_iter().map(|(c, _)| c).collect())
 }
 
+/// Each plane's coder and stored size (coder byte, length and payload), for reports of how
+/// close the coders come to the planes' entropy (`bench`).
+pub fn frame_plane_sizes(h: &FrameHeader<'_>) -> Result<Vec<(Coder, usize)>, FrameError> {
+    Ok(plane_parts(h)?
+        .into_iter()
+        .map(|(c, p)| (c, 1 + varint_len(p.len()) + p.len()))
+        .collect())
+}
+
 /// Decodes a parsed frame into `out`, which must be `original_len` bytes long.
 pub fn decode_frame(h: &FrameHeader<'_>, out: &mut [u8]) -> Result<(), FrameError> {
     if out.len() != h.original_len {
