@@ -269,15 +269,15 @@ impl<S: ReadAt> FzArchive<S> {
     /// Writes the whole original to `w`, entry by entry, verifying every entry's digest
     /// and the file's xxh3. Memory: one entry at a time.
     pub fn write_original<W: Write>(&self, mut w: W) -> Result<W> {
-        let mut file_hash = xxhash_rust::xxh3::Xxh3::new();
-        file_hash.update(&self.prefix);
+        let mut file_hash = twox_hash::XxHash3_128::new();
+        file_hash.write(&self.prefix);
         w.write_all(&self.prefix)?;
         for idx in 0..self.manifest.entries.len() {
             let bytes = self.read_entry(idx)?;
-            file_hash.update(&bytes);
+            file_hash.write(&bytes);
             w.write_all(&bytes)?;
         }
-        let actual = hex(&file_hash.digest128().to_be_bytes());
+        let actual = hex(&file_hash.finish_128().to_be_bytes());
         if actual != self.manifest.xxh3 {
             return Err(Error::DigestMismatch {
                 what: "the whole file (xxh3)".into(),

@@ -70,7 +70,7 @@ pub fn manifest_and_trailer(manifest: &Manifest, manifest_offset: u64) -> Vec<u8
     // Serialising a struct of strings and numbers cannot fail.
     let mut out = serde_json::to_vec(manifest).unwrap_or_default();
     let len = out.len() as u64;
-    let sum = xxhash_rust::xxh3::xxh3_64(&out);
+    let sum = twox_hash::XxHash3_64::oneshot(&out);
     out.extend_from_slice(&manifest_offset.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&sum.to_le_bytes());
@@ -125,7 +125,7 @@ pub fn parse_trailer(t: &[u8], container_len: u64) -> Result<Trailer> {
 
 /// Checks the manifest bytes against the trailer and parses them.
 pub fn parse_manifest(json: &[u8], trailer: &Trailer) -> Result<Manifest> {
-    if xxhash_rust::xxh3::xxh3_64(json) != trailer.manifest_sum {
+    if twox_hash::XxHash3_64::oneshot(json) != trailer.manifest_sum {
         return Err(Error::InvalidManifest("manifest checksum mismatch".into()));
     }
     serde_json::from_slice(json).map_err(|e| Error::InvalidManifest(e.to_string()))

@@ -701,6 +701,24 @@ mod tests {
     }
 
     #[test]
+    fn whole_file_xxh3_128_streamed_matches_the_reference() {
+        // Containers record the file's xxh3-128 (written by `xxhash-rust` before); the
+        // streaming hasher must give the same value however the bytes are cut.
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for piece in [1usize, 7, 64, 1000, 65_536, 300_000] {
+            let mut h = twox_hash::XxHash3_128::new();
+            data.chunks(piece).for_each(|c| h.write(c));
+            assert_eq!(
+                h.finish_128(),
+                xxhash_rust::xxh3::xxh3_128(&data),
+                "piece {piece}"
+            );
+        }
+    }
+
+    #[test]
     fn checksum_catches_a_changed_raw_byte() {
         let chunk: Vec<u8> = (0..2000u32).map(|i| (i * 7919 % 251) as u8).collect();
         let mut out = Vec::new();

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_128 as Xxh3;
 
 use crate::container::{
     parse_container_header, parse_manifest, parse_trailer, CONTAINER_HEADER_LEN, END_TAG,
@@ -326,7 +326,7 @@ impl<R: Read> FzReader<R> {
                 m.original_size, self.emitted
             )));
         }
-        let actual = hex(&self.xxh3.digest128().to_be_bytes());
+        let actual = hex(&self.xxh3.finish_128().to_be_bytes());
         if actual != m.xxh3 {
             let (what, expected) = ("the whole file (xxh3)".into(), m.xxh3);
             return Err(Error::DigestMismatch {
@@ -383,7 +383,7 @@ impl<R: Read> FzReader<R> {
                     ))
                 }
             }
-            self.xxh3.update(&self.buf);
+            self.xxh3.write(&self.buf);
             if let Some(sha) = &mut self.sha256 {
                 sha.update(&self.buf);
             }

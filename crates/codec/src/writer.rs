@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_128 as Xxh3;
 
 use crate::container::{container_header, manifest_and_trailer, CONTAINER_HEADER_LEN, END_TAG};
 use crate::dtype::DType;
@@ -181,7 +181,7 @@ struct FileHasher {
 impl FileHasher {
     fn update(&mut self, bytes: &[u8]) {
         self.sha256.update(bytes);
-        self.xxh3.update(bytes);
+        self.xxh3.write(bytes);
     }
 }
 
@@ -458,7 +458,7 @@ impl<W: Write> FzWriter<W> {
             format_version: FORMAT_VERSION,
             original_size: end,
             sha256: hex(&self.file_hasher.sha256.clone().finalize()),
-            xxh3: hex(&self.file_hasher.xxh3.digest128().to_be_bytes()),
+            xxh3: hex(&self.file_hasher.xxh3.finish_128().to_be_bytes()),
             prefix_len: self.prefix_len,
             frames_offset: CONTAINER_HEADER_LEN + self.prefix_len,
             entries,
