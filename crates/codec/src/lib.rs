@@ -15,6 +15,7 @@ pub mod archive;
 pub mod coders;
 pub mod container;
 pub mod delta;
+mod digests;
 pub mod dtype;
 pub mod error;
 pub mod frame;

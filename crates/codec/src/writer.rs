@@ -7,9 +7,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
+use crate::digests::{Batch, DigestWorker};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
-use twox_hash::XxHash3_128 as Xxh3;
 
 use crate::container::{container_header, manifest_and_trailer, CONTAINER_HEADER_LEN, END_TAG};
 use crate::dtype::DType;
@@ -129,7 +128,6 @@ struct EntryBuilder {
     chunk_bytes: u64,
     compressed_begin: u64,
     frames: Vec<u64>,
-    hasher: blake3::Hasher,
     floor_bytes: f64,
     layouts: BTreeMap<String, u64>,
     coders: BTreeMap<String, u64>,
@@ -145,7 +143,7 @@ impl EntryBuilder {
         }
     }
 
-    fn finish(self, end: u64) -> Entry {
+    fn finish(self, end: u64, blake3: String) -> Entry {
         let compressed_end = self.compressed_begin + self.frames.iter().sum::<u64>();
         Entry {
             name: self.seg.name,
@@ -156,7 +154,7 @@ impl EntryBuilder {
             compressed: [self.compressed_begin, compressed_end],
             chunk_bytes: self.chunk_bytes,
             frames: self.frames,
-            blake3: self.hasher.finalize().to_hex().to_string(),
+            blake3,
             floor_bytes: self.floor_bytes,
             layouts: self.layouts,
             coders: self.coders,
@@ -169,20 +167,6 @@ impl EntryBuilder {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The whole-file digests, updated as bytes go by.
-#[derive(Default)]
-struct FileHasher {
-    sha256: Sha256,
-    xxh3: Xxh3,
-}
-
-impl FileHasher {
-    fn update(&mut self, bytes: &[u8]) {
-        self.sha256.update(bytes);
-        self.xxh3.write(bytes);
-    }
 }
 
 enum State {
@@ -203,7 +187,8 @@ pub struct FzWriter<W: Write> {
     state: State,
     pending: Vec<u8>,
     pending_start: u64,
-    file_hasher: FileHasher,
+    /// `None` only once `finish` has taken it.
+    digests: Option<DigestWorker>,
     prefix_len: u64,
     segments: Vec<Segment>,
     entries: Vec<EntryBuilder>,
@@ -227,7 +212,7 @@ impl<W: Write> FzWriter<W> {
             state: State::Sniffing,
             pending: Vec::new(),
             pending_start: 0,
-            file_hasher: FileHasher::default(),
+            digests: Some(DigestWorker::start()?),
             prefix_len: 0,
             segments: Vec::new(),
             entries: Vec::new(),
@@ -238,6 +223,12 @@ impl<W: Write> FzWriter<W> {
     fn batch_bytes(&self) -> usize {
         let threads = rayon::current_num_threads().max(1);
         self.opts.chunk_bytes * threads * self.opts.chunks_per_thread.max(1)
+    }
+
+    fn hash(&mut self, batch: Batch) {
+        if let Some(d) = &mut self.digests {
+            d.send(batch);
+        }
     }
 
     fn emit(&mut self, bytes: &[u8]) -> Result<()> {
@@ -273,8 +264,12 @@ impl<W: Write> FzWriter<W> {
         let prefix_len = self.prefix_len as usize;
         self.emit(&container_header(self.prefix_len))?;
         let prefix: Vec<u8> = self.pending.drain(..prefix_len).collect();
-        self.file_hasher.update(&prefix);
         self.emit(&prefix)?;
+        self.hash(Batch {
+            file_len: prefix.len(),
+            bytes: prefix,
+            entries: Vec::new(),
+        });
         self.pending_start = self.prefix_len;
         self.state = State::Frames { seg: 0 };
         self.open_entry(0);
@@ -288,7 +283,6 @@ impl<W: Write> FzWriter<W> {
                 chunk_bytes: self.chunk_len(s),
                 compressed_begin: self.written,
                 frames: Vec::new(),
-                hasher: blake3::Hasher::new(),
                 floor_bytes: 0.0,
                 layouts: BTreeMap::new(),
                 coders: BTreeMap::new(),
@@ -359,41 +353,39 @@ impl<W: Write> FzWriter<W> {
         let pending = &self.pending;
         let opts = self.opts.frame;
         let segments = &self.segments;
-        let (file_hasher, entries) = (&mut self.file_hasher, &mut self.entries);
-        // Hashing runs on a thread of its own, beside the encoding pool: SHA-256 alone
-        // would otherwise cost as much time as encoding on one core.
-        let frames = std::thread::scope(|scope| {
-            let hashing = scope.spawn(|| {
-                file_hasher.update(&pending[..consumed]);
-                for &(s, off, len) in &jobs {
-                    entries[s].hasher.update(&pending[off..off + len]);
-                }
-            });
-            let frames = jobs
-                .par_iter()
-                .map(|&(s, off, len)| {
-                    let mut out = Vec::with_capacity(len / 2 + 64);
-                    let stats = encode_frame(
-                        &pending[off..off + len],
-                        segments[s].coded_as,
-                        &opts,
-                        &mut out,
-                    );
-                    (out, stats)
-                })
-                .collect::<Vec<_>>();
-            // A panic while hashing is a bug in a hash crate; re-raise it here.
-            if let Err(p) = hashing.join() {
-                std::panic::resume_unwind(p);
-            }
-            frames
-        });
+        let frames = jobs
+            .par_iter()
+            .map(|&(s, off, len)| {
+                let mut out = Vec::with_capacity(len / 2 + 64);
+                let stats = encode_frame(
+                    &pending[off..off + len],
+                    segments[s].coded_as,
+                    &opts,
+                    &mut out,
+                );
+                (out, stats)
+            })
+            .collect::<Vec<_>>();
         for (&(s, _, _), (frame, stats)) in jobs.iter().zip(frames) {
             self.enter_segment(s);
             self.emit(&frame)?;
             self.entries[s].record(frame.len() as u64, &stats);
         }
-        self.pending.drain(..consumed);
+        // The batch's original bytes go to the digest thread; what is left over (part of
+        // a chunk) starts the next buffer.
+        let mut next = self
+            .digests
+            .as_ref()
+            .and_then(DigestWorker::spare_buffer)
+            .unwrap_or_else(|| Vec::with_capacity(self.batch_bytes()));
+        next.clear();
+        next.extend_from_slice(&self.pending[consumed..]);
+        let bytes = std::mem::replace(&mut self.pending, next);
+        self.hash(Batch {
+            bytes,
+            file_len: consumed,
+            entries: jobs,
+        });
         self.pending_start += consumed as u64;
         let at_seg_end = self.segments[last_seg].end == Some(self.pending_start);
         self.state = State::Frames {
@@ -431,11 +423,18 @@ impl<W: Write> FzWriter<W> {
             self.open_entry(self.entries.len());
         }
         self.enter_segment(self.segments.len().saturating_sub(1));
+        let digests = match self.digests.take() {
+            Some(d) => d.finish(),
+            None => unreachable!("only finish takes the digest worker"),
+        };
+        let empty = || blake3::hash(b"").to_hex().to_string();
         let mut entries = Vec::with_capacity(self.entries.len());
-        for (b, s) in std::mem::take(&mut self.entries)
+        for (i, (b, s)) in std::mem::take(&mut self.entries)
             .into_iter()
             .zip(&self.segments)
+            .enumerate()
         {
+            let blake3 = digests.blake3.get(i).cloned().unwrap_or_else(empty);
             match s.end {
                 Some(e) if e > end => {
                     return Err(Error::Truncated(format!(
@@ -447,8 +446,8 @@ impl<W: Write> FzWriter<W> {
                         e
                     )))
                 }
-                Some(e) => entries.push(b.finish(e)),
-                None if end > s.begin => entries.push(b.finish(end)),
+                Some(e) => entries.push(b.finish(e, blake3)),
+                None if end > s.begin => entries.push(b.finish(end, blake3)),
                 None => {}
             }
         }
@@ -457,8 +456,8 @@ impl<W: Write> FzWriter<W> {
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             original_size: end,
-            sha256: hex(&self.file_hasher.sha256.clone().finalize()),
-            xxh3: hex(&self.file_hasher.xxh3.finish_128().to_be_bytes()),
+            sha256: digests.sha256,
+            xxh3: digests.xxh3,
             prefix_len: self.prefix_len,
             frames_offset: CONTAINER_HEADER_LEN + self.prefix_len,
             entries,

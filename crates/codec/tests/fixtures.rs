@@ -50,6 +50,32 @@ fn every_fixture_round_trips_byte_identical() {
 }
 
 #[test]
+fn manifest_digests_are_those_of_the_input() {
+    // Small chunks make many batches, so the digest thread sees batches queued behind one
+    // another, entries cut across batches, and recycled buffers.
+    let (_, data) = fixtures()
+        .into_iter()
+        .find(|(n, _)| n.contains("f32"))
+        .unwrap();
+    for chunk_bytes in [4 << 10, 256 << 10] {
+        let opts = EncodeOptions {
+            chunk_bytes,
+            chunks_per_thread: 1,
+            ..Default::default()
+        };
+        let (_, m) = compress_bytes(&data, opts).expect("compress");
+        assert_eq!(m.sha256, hex::encode(Sha256::digest(&data)));
+        let xxh3 = xxhash_rust::xxh3::xxh3_128(&data).to_be_bytes();
+        assert_eq!(m.xxh3, hex::encode(xxh3));
+        assert!(m.entries.len() > 3);
+        for e in &m.entries {
+            let bytes = &data[e.original[0] as usize..e.original[1] as usize];
+            assert_eq!(e.blake3, blake3::hash(bytes).to_hex().to_string(), "{:?}", e.name);
+        }
+    }
+}
+
+#[test]
 fn random_access_matches_full_decode() {
     let (_, data) = fixtures()
         .into_iter()
