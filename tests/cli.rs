@@ -256,8 +256,8 @@ fn bench_reports_floatzip_zstd_and_floor() {
 #[test]
 fn kv_layout_codes_one_head_per_chunk_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    // [2 layers, 12 heads, 512 tokens, 32]: 32 KiB heads in BF16/F16 get a chunk each,
-    // 24 in all; 16 KiB FP8 heads are too small and keep the plain 256 KiB chunks.
+    // [2 layers, 12 heads, 512 tokens, 32]: 32 KiB heads of K in BF16/F16 code smaller one
+    // per chunk, 24 in all; 16 KiB FP8 heads are too small and keep the plain 256 KiB chunks.
     for (n, want_frames) in [
         ("minilm-kv-bf16.safetensors", 24),
         ("minilm-kv-f16.safetensors", 24),
@@ -285,6 +285,27 @@ fn kv_layout_codes_one_head_per_chunk_and_round_trips() {
             .map(|l| l.rsplit('×').next().unwrap().parse::<u64>().unwrap())
             .sum();
         assert_eq!(frames, want_frames, "{n}: {k}");
+        // Each tensor takes the smaller chunking (both are tried on its first MiB, here all
+        // of it): never larger than plain chunks.
+        ok(&floatzip(
+            &["compress", n, "-o", "plain.fz", "--force"],
+            dir.path(),
+        ));
+        let plain = floatzip(&["inspect", "plain.fz", "--json"], dir.path());
+        ok(&plain);
+        let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+        for (t, p) in doc["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(plain["tensors"].as_array().unwrap())
+        {
+            let (kv, flat) = (&t["compressed_bytes"], &p["compressed_bytes"]);
+            assert!(
+                kv.as_u64().unwrap() <= flat.as_u64().unwrap(),
+                "{n}: {t} vs {p}"
+            );
+        }
         std::fs::remove_file(dir.path().join(n)).unwrap();
         ok(&floatzip(&["decompress", &format!("{n}.fz")], dir.path()));
         assert_eq!(sha(&dir.path().join(n)), sha(&fixture(n)), "{n}");

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
-use crate::digests::{Batch, DigestWorker};
 use rayon::prelude::*;
 
 use crate::container::{container_header, manifest_and_trailer, CONTAINER_HEADER_LEN, END_TAG};
+use crate::digests::{Batch, DigestWorker};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::frame::{encode_frame, FrameOptions, FrameStats, MAX_CHUNK_BYTES};
@@ -30,7 +30,9 @@ pub struct EncodeOptions {
     /// Chunks encoded per parallel batch, per worker thread.
     pub chunks_per_thread: usize,
     /// For K/V cache dumps: tensors of this layout's rank are cut into chunks of whole
-    /// heads, so every head is coded with its own tables (see [`kv_head_chunk`]).
+    /// heads, so every head is coded with its own tables (see [`kv_head_chunk`]), where
+    /// that codes smaller than plain chunks: the first heads of each tensor (up to 1 MiB)
+    /// are coded both ways to choose.
     pub kv_layout: Option<KvLayout>,
 }
 
@@ -55,7 +57,25 @@ struct Segment {
     begin: u64,
     /// `None`: runs to the end of the input.
     end: Option<u64>,
+    heads: HeadChunks,
 }
+
+/// Whether a K/V tensor (`--kv-layout`) is coded one head per chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeadChunks {
+    /// Not a K/V tensor of the layout: plain chunks.
+    NotKv,
+    /// A K/V tensor with heads of this many bytes, not decided yet: it waits, uncut, until
+    /// enough of it is in to try both (see `FzWriter::decide_head_chunks`).
+    Undecided(u64),
+    /// One chunk per head of this many bytes: it coded smaller than plain chunks.
+    PerHead(u64),
+    /// Plain chunks coded smaller (values, whose heads differ less than the tables cost).
+    Plain,
+}
+
+/// Bytes of a K/V tensor (whole heads, at least one) coded both ways to choose its chunking.
+const HEAD_TRIAL_BYTES: u64 = 1 << 20;
 
 /// Smallest head worth a chunk of its own: below it the coding tables cost more than
 /// per-head statistics save, and the plain chunking is kept (on the dev caches, 16 KiB
@@ -97,6 +117,7 @@ fn plan_segments(header: Option<&Header>) -> Vec<Segment> {
         shape: Vec::new(),
         begin,
         end,
+        heads: HeadChunks::NotKv,
     };
     let Some(h) = header else {
         return vec![bytes(0, None)];
@@ -115,6 +136,7 @@ fn plan_segments(header: Option<&Header>) -> Vec<Segment> {
             shape: t.shape.clone(),
             begin: b,
             end: Some(e),
+            heads: HeadChunks::NotKv,
         });
         cursor = e;
     }
@@ -163,6 +185,17 @@ impl EntryBuilder {
             delta_vs_standalone: None,
         }
     }
+}
+
+/// Bytes `data` codes to in chunks of `chunk` bytes (the last one may be shorter).
+fn coded_size(data: &[u8], chunk: u64, dtype: DType, opts: &FrameOptions) -> usize {
+    data.par_chunks(chunk.max(1) as usize)
+        .map(|c| {
+            let mut out = Vec::with_capacity(c.len() / 2 + 64);
+            encode_frame(c, dtype, opts, &mut out);
+            out.len()
+        })
+        .sum()
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -261,6 +294,13 @@ impl<W: Write> FzWriter<W> {
         };
         self.prefix_len = header.as_ref().map_or(0, |h| h.prefix_len);
         self.segments = plan_segments(header.as_ref());
+        if let Some(layout) = self.opts.kv_layout {
+            for s in &mut self.segments {
+                if let Some(head) = kv_head_chunk(layout, s.coded_as, &s.shape) {
+                    s.heads = HeadChunks::Undecided(head);
+                }
+            }
+        }
         let prefix_len = self.prefix_len as usize;
         self.emit(&container_header(self.prefix_len))?;
         let prefix: Vec<u8> = self.pending.drain(..prefix_len).collect();
@@ -301,12 +341,63 @@ impl<W: Write> FzWriter<W> {
 
     /// Original bytes per chunk in `seg`: whole elements, so every chunk splits into planes.
     fn chunk_len(&self, seg: &Segment) -> u64 {
-        let unit = seg.coded_as.unit_bytes();
-        let plain = ((self.opts.chunk_bytes / unit).max(1) * unit) as u64;
-        self.opts
-            .kv_layout
-            .and_then(|l| kv_head_chunk(l, seg.coded_as, &seg.shape))
-            .unwrap_or(plain)
+        match seg.heads {
+            HeadChunks::PerHead(head) => head,
+            _ => self.plain_chunk_len(seg.coded_as),
+        }
+    }
+
+    fn plain_chunk_len(&self, dtype: DType) -> u64 {
+        let unit = dtype.unit_bytes();
+        ((self.opts.chunk_bytes / unit).max(1) * unit) as u64
+    }
+
+    /// The most bytes one chunk can need: `push` takes at least this much at a time, so a
+    /// pending buffer over its batch size always grows to a cuttable chunk.
+    fn max_chunk_len(&self) -> usize {
+        match self.opts.kv_layout {
+            Some(_) => self.opts.chunk_bytes.max(MAX_HEAD_CHUNK as usize),
+            None => self.opts.chunk_bytes,
+        }
+    }
+
+    /// Chooses the chunking of each undecided K/V tensor from `first` on whose first bytes
+    /// (up to [`HEAD_TRIAL_BYTES`], whole heads) are pending: one chunk per head, or plain
+    /// chunks, whichever codes those bytes smaller. Stops at the first one still short of
+    /// them, unless `eof`.
+    fn decide_head_chunks(&mut self, first: usize, eof: bool) {
+        let pending_end = self.pending_start + self.pending.len() as u64;
+        for i in first..self.segments.len() {
+            let s = &self.segments[i];
+            if s.begin >= pending_end {
+                break;
+            }
+            let HeadChunks::Undecided(head) = s.heads else {
+                continue;
+            };
+            let end = s.end.unwrap_or(pending_end);
+            let want = (end - s.begin).min((HEAD_TRIAL_BYTES / head).max(1) * head);
+            let have = pending_end.min(end) - s.begin;
+            if have < want && !eof {
+                break;
+            }
+            // An undecided tensor is never cut, so it starts inside the pending bytes.
+            let from = (s.begin - self.pending_start) as usize;
+            let trial = &self.pending[from..from + have.min(want) as usize];
+            let plain = self.plain_chunk_len(s.coded_as);
+            let per_head = coded_size(trial, head, s.coded_as, &self.opts.frame);
+            let plain_size = coded_size(trial, plain, s.coded_as, &self.opts.frame);
+            let heads = match per_head < plain_size {
+                true => HeadChunks::PerHead(head),
+                false => HeadChunks::Plain,
+            };
+            self.segments[i].heads = heads;
+            let chunk = self.chunk_len(&self.segments[i]);
+            if let Some(e) = self.entries.get_mut(i) {
+                e.seg.heads = heads;
+                e.chunk_bytes = chunk;
+            }
+        }
     }
 
     /// Cuts the pending bytes into chunks: `(segment, offset in pending, len)`. Only whole
@@ -316,6 +407,9 @@ impl<W: Write> FzWriter<W> {
         let pending_end = self.pending_start + self.pending.len() as u64;
         let mut pos = self.pending_start;
         while let Some(s) = self.segments.get(seg) {
+            if let HeadChunks::Undecided(_) = s.heads {
+                break;
+            }
             let chunk = self.chunk_len(s);
             let seg_end = s.end.unwrap_or(u64::MAX);
             let take = chunk.min(seg_end - pos);
@@ -342,6 +436,7 @@ impl<W: Write> FzWriter<W> {
         let State::Frames { seg } = self.state else {
             return Ok(());
         };
+        self.decide_head_chunks(seg, eof);
         let jobs = self.cut_chunks(seg, eof);
         let Some(&(last_seg, last_off, last_len)) = jobs.last() else {
             return Ok(());
@@ -397,7 +492,10 @@ impl<W: Write> FzWriter<W> {
     /// Takes more original bytes (the `Write` impl calls this).
     pub fn push(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
-            let room = self.batch_bytes().saturating_sub(self.pending.len()).max(1);
+            let room = self
+                .batch_bytes()
+                .saturating_sub(self.pending.len())
+                .max(self.max_chunk_len());
             let take = room.min(data.len());
             self.pending.extend_from_slice(&data[..take]);
             data = &data[take..];

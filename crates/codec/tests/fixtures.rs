@@ -70,7 +70,12 @@ fn manifest_digests_are_those_of_the_input() {
         assert!(m.entries.len() > 3);
         for e in &m.entries {
             let bytes = &data[e.original[0] as usize..e.original[1] as usize];
-            assert_eq!(e.blake3, blake3::hash(bytes).to_hex().to_string(), "{:?}", e.name);
+            assert_eq!(
+                e.blake3,
+                blake3::hash(bytes).to_hex().to_string(),
+                "{:?}",
+                e.name
+            );
         }
     }
 }
