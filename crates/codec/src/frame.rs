@@ -174,7 +174,9 @@ impl PlaneChoice {
 /// in most lookups, where SIMD rANS (32 or 64 lanes) runs ahead.
 pub const HUFFMAN_FAST_BELOW_BITS: usize = 4;
 
-fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
+/// The coder for a plane with this histogram. `fp4_bytes`: the plane is packed FP4 bytes,
+/// for which rANS also weighs a table of nibble frequencies ([`rans::plan_nibbles`]).
+fn choose_coder(hist: &Histogram, opts: &FrameOptions, fp4_bytes: bool) -> PlaneChoice {
     if hist.total == 0 {
         return PlaneChoice::new(Coder::Raw, 0);
     }
@@ -183,7 +185,12 @@ fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
     }
     let raw = hist.total;
     let h = huffman::encoded_size(hist);
-    let Some(plan) = rans::plan(hist) else {
+    let nibbles = fp4_bytes.then(|| rans::plan_nibbles(hist)).flatten();
+    let plan = match (rans::plan(hist), nibbles) {
+        (Some(full), Some(nib)) if nib.encoded_size() < full.encoded_size() => Some(nib),
+        (full, _) => full,
+    };
+    let Some(plan) = plan else {
         return PlaneChoice::new(Coder::Huffman, h);
     };
     let r = plan.encoded_size();
@@ -347,7 +354,7 @@ pub fn encode_frame(
             Layout::candidates(dtype)
         };
         let (layout, choices, hists, size, split_done) =
-            choose_layout(chunk, candidates, opts, planes);
+            choose_layout(chunk, dtype, candidates, opts, planes);
         if layout == Layout::Bytes {
             // The one plane is the chunk itself: no copy.
             best_planes.clear();
@@ -416,6 +423,7 @@ pub fn encode_frame(
 /// Layouts whose planes derive from the byte histogram are compared without splitting.
 fn choose_layout(
     chunk: &[u8],
+    dtype: DType,
     candidates: &[Layout],
     opts: &FrameOptions,
     planes: &mut Vec<Vec<u8>>,
@@ -438,7 +446,11 @@ fn choose_layout(
             split = Some(layout);
             planes.iter().map(|p| Histogram::of(p)).collect()
         });
-        let choices: Vec<PlaneChoice> = hists.iter().map(|h| choose_coder(h, opts)).collect();
+        let fp4_bytes = dtype == DType::F4 && layout == Layout::Bytes;
+        let choices: Vec<PlaneChoice> = hists
+            .iter()
+            .map(|h| choose_coder(h, opts, fp4_bytes))
+            .collect();
         let size = choices
             .iter()
             .map(|c| c.size + 1 + varint_len(c.size))
@@ -450,7 +462,7 @@ fn choose_layout(
     let (layout, choices, hists, size) = best.unwrap_or_else(|| {
         // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
         let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
-        let c = choose_coder(&h, opts);
+        let c = choose_coder(&h, opts, dtype == DType::F4);
         let size = c.size;
         (Layout::Bytes, vec![c], vec![h], size)
     });
@@ -781,6 +793,75 @@ mod tests {
             .collect::<Vec<u8>>();
         padded[..32768].fill(0);
         assert!(looks_repetitive(&padded, None));
+    }
+
+    /// Packed FP4 bytes: two codes of rounded Gaussian-like values per byte; with an even
+    /// seed, the two codes of a byte are often equal (the full byte table then pays).
+    fn fp4_chunk(len: usize, seed: u32) -> Vec<u8> {
+        let correlated = seed.is_multiple_of(2);
+        let mut x = seed | 1;
+        let mut code = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Magnitudes 0..7 falling off, sign at random.
+            let m = [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 1, 2, 3][(x >> 8) as usize % 16];
+            m | ((x >> 3) & 8) as u8
+        };
+        (0..len)
+            .map(|i| {
+                let lo = code();
+                let hi = code();
+                let hi = if correlated && i.is_multiple_of(2) { lo } else { hi };
+                lo | hi << 4
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fp4_chunks_code_as_bytes_with_either_table() {
+        for (len, seed) in [(64, 1), (65, 2), (4097, 3), (73_727, 5), (262_143, 6)] {
+            let chunk = fp4_chunk(len, seed);
+            let s = round_trip(&chunk, DType::F4);
+            assert_eq!(s.layout, Layout::Bytes);
+            let mut out = Vec::new();
+            encode_frame(&chunk, DType::F4, &FrameOptions::default(), &mut out);
+            let (h, _) = parse_frame(&out).expect("parse");
+            let parts = plane_parts(&h).expect("parts");
+            if len >= 4097 {
+                assert_eq!(parts[0].0, Coder::Rans);
+                // Small chunks take the nibble tables, large ones the full table.
+                let kind = parts[0].1[0] & 3;
+                assert_eq!(kind, if len < 100_000 { 3 } else { 2 }, "len {len}");
+            }
+        }
+        // Edge values: all codes, both signs, zero and the largest.
+        let all: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        round_trip(&all, DType::F4);
+        round_trip(&[0x77; 100], DType::F4);
+        round_trip(&[0x0f, 0xf0, 0x88, 0x08], DType::F4);
+    }
+
+    #[test]
+    fn fp4_code_frames_of_earlier_encoders_still_decode() {
+        // What the encoder wrote before FP4 was coded as bytes: one plane of nibble codes.
+        let chunk = fp4_chunk(10_001, 9);
+        let mut planes = Vec::new();
+        Layout::Fp4Codes.split(&chunk, &mut planes);
+        let mut payload = Vec::new();
+        rans::encode(&planes[0], &Histogram::of(&planes[0]), &mut payload);
+        let mut out = Vec::new();
+        write_frame(
+            &mut out,
+            &chunk,
+            Layout::Fp4Codes,
+            &[(Coder::Rans, &payload)],
+        );
+        let (h, _) = parse_frame(&out).expect("parse");
+        assert_eq!(h.layout, Layout::Fp4Codes);
+        let mut dec = vec![0u8; h.original_len];
+        decode_frame(&h, &mut dec).expect("decode");
+        assert_eq!(dec, chunk);
     }
 
     #[test]
