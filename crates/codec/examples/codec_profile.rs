@@ -51,10 +51,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(|a, b| a.total_cmp(b));
     let total: usize = chunks.iter().map(|(c, _)| c.len()).sum();
     println!(
-        "{mode}: {:.0} MB/s median, {:.0} MB/s best, frames ratio {:.4}",
+        "{mode}: {:.0} MB/s median, {:.0} MB/s best, frames ratio {:.6} ({} bytes)",
         total as f64 / 1e6 / times[times.len() / 2],
         total as f64 / 1e6 / times[0],
-        frames.len() as f64 / total as f64
+        frames.len() as f64 / total as f64,
+        frames.len()
     );
     Ok(())
 }

@@ -812,7 +812,11 @@ mod tests {
             .map(|i| {
                 let lo = code();
                 let hi = code();
-                let hi = if correlated && i.is_multiple_of(2) { lo } else { hi };
+                let hi = if correlated && i.is_multiple_of(2) {
+                    lo
+                } else {
+                    hi
+                };
                 lo | hi << 4
             })
             .collect()

@@ -12,8 +12,8 @@
 //!   the order the encoder emitted them (the decoder reads them backwards, so nothing is ever
 //!   reversed), then each lane's final state as u32 LE;
 //! - or the same with bits 0-1 `KIND_RANS_NIBBLES`: instead of one table of byte frequencies,
-//!   two tables of 4-bit symbols (low nibble, then high nibble, each at the stream's
-//!   precision), whose product gives the byte frequencies (see [`nibble_product`]). Packed
+//!   a count byte and one or two tables of 4-bit symbols (one for both nibbles, or the low
+//!   nibble's then the high nibble's, each at the stream's precision), whose product gives the byte frequencies (see [`nibble_product`]). Packed
 //!   FP4 bytes hold two near-independent codes: the product models them as well as a full
 //!   256-entry table does, in 30 bytes instead of 200, so small FP4 planes can be coded as
 //!   bytes (half the symbols of coding the codes one by one) without paying a big table.
@@ -165,21 +165,38 @@ pub fn plan_nibbles(hist: &Histogram) -> Option<Plan> {
         return None;
     }
     let precision = FAST_PRECISION;
-    let (lo, hi) = (normalize(&lo, precision), normalize(&hi, precision));
-    let mut lo16 = [0u32; 16];
-    let mut hi16 = [0u32; 16];
-    lo16.copy_from_slice(&lo[..16]);
-    hi16.copy_from_slice(&hi[..16]);
-    let freqs = nibble_product(&lo16, &hi16, precision);
-    let info_bits = info_bits(hist, &freqs, precision);
-    Some(Plan {
-        precision,
-        lanes: lanes_for(info_bits),
-        freqs,
-        info_bits,
-        table_bytes: table_bytes(&lo) + table_bytes(&hi),
-        nibbles: Some((lo16, hi16)),
-    })
+    // The two nibbles' own tables, or one table of both (the codes of a tensor are alike
+    // in both halves of its bytes, and one table less is ~22 bytes less).
+    let mut both = lo.clone();
+    for (b, c) in both.counts.iter_mut().zip(&hi.counts) {
+        *b += c;
+    }
+    both.total *= 2;
+    let own = (normalize(&lo, precision), normalize(&hi, precision));
+    let shared = normalize(&both, precision);
+    [own, (shared, shared)]
+        .into_iter()
+        .map(|(lo, hi)| {
+            let mut lo16 = [0u32; 16];
+            let mut hi16 = [0u32; 16];
+            lo16.copy_from_slice(&lo[..16]);
+            hi16.copy_from_slice(&hi[..16]);
+            let freqs = nibble_product(&lo16, &hi16, precision);
+            let info_bits = info_bits(hist, &freqs, precision);
+            let tables = match lo16 == hi16 {
+                true => table_bytes(&lo),
+                false => table_bytes(&lo) + table_bytes(&hi),
+            };
+            Plan {
+                precision,
+                lanes: lanes_for(info_bits),
+                freqs,
+                info_bits,
+                table_bytes: 1 + tables,
+                nibbles: Some((lo16, hi16)),
+            }
+        })
+        .min_by_key(|p| p.encoded_size())
 }
 
 /// Byte frequencies summing to `2^precision` from low- and high-nibble frequencies that each
@@ -631,15 +648,21 @@ fn read_table(input: &[u8], precision: u32) -> Result<(Table, usize), CorruptStr
     Ok((Table { symbols, freqs }, set_bytes + bits.bytes_used()))
 }
 
-/// Reads the two nibble tables of a `KIND_RANS_NIBBLES` stream and returns their product
+/// Reads the nibble tables of a `KIND_RANS_NIBBLES` stream (a count byte, then one table for
+/// both nibbles or the low nibble's and the high nibble's) and returns their product
 /// (see [`nibble_product`]) and the bytes they took.
 fn read_nibble_tables(input: &[u8], precision: u32) -> Result<(Table, usize), CorruptStream> {
     if !(8..=MAX_PRECISION).contains(&precision) {
         return Err(corrupt("nibble tables need a precision of 8 to 16"));
     }
+    let count = match input.first() {
+        Some(&count @ (1 | 2)) => count as usize,
+        Some(_) => return Err(corrupt("nibble table count is not 1 or 2")),
+        None => return Err(corrupt("truncated table")),
+    };
     let mut nibbles = [[0u32; 16]; 2];
-    let mut used = 0;
-    for nibble in &mut nibbles {
+    let mut used = 1;
+    for nibble in &mut nibbles[..count] {
         let (table, n) = read_table(&input[used..], precision)?;
         for (&s, &f) in table.symbols.iter().zip(&table.freqs) {
             *nibble
@@ -647,6 +670,9 @@ fn read_nibble_tables(input: &[u8], precision: u32) -> Result<(Table, usize), Co
                 .ok_or(corrupt("nibble symbol past 15"))? = f;
         }
         used += n;
+    }
+    if count == 1 {
+        nibbles[1] = nibbles[0];
     }
     let freqs = nibble_product(&nibbles[0], &nibbles[1], precision);
     let symbols: Vec<u8> = (0..=255u8).filter(|&b| freqs[b as usize] > 0).collect();
@@ -773,9 +799,11 @@ fn encode_plan_at(symbols: &[u8], plan: &Plan, out: &mut Vec<u8>, simd: Simd) {
         }
         Some((lo, hi)) => {
             out.push(tag(plan.precision, plan.lanes) & !3 | KIND_RANS_NIBBLES);
-            for nibble in [lo, hi] {
+            let tables: &[&[u32; 16]] = if lo == hi { &[lo] } else { &[lo, hi] };
+            out.push(tables.len() as u8);
+            for nibble in tables {
                 let mut freqs = [0u32; 256];
-                freqs[..16].copy_from_slice(nibble);
+                freqs[..16].copy_from_slice(*nibble);
                 write_table(&freqs, out);
             }
         }
@@ -2852,7 +2880,7 @@ mod tests {
             assert!(decode(&bad, &mut out).is_err());
         }
         // A nibble table naming symbol 16: runs form, one run of 17 symbols.
-        let mut input = vec![KIND_RANS_NIBBLES | 1 << 2 | 11 << 4, 0, 0, 16];
+        let mut input = vec![KIND_RANS_NIBBLES | 1 << 2 | 11 << 4, 1, 0, 0, 16];
         let mut bits = BitWriter::default();
         for _ in 0..16 {
             bits.put(7, 4);
@@ -2862,6 +2890,12 @@ mod tests {
         input.extend([0u8; 64]);
         assert!(decode(&input, &mut out).is_err());
         assert!(decode(&[KIND_RANS_NIBBLES], &mut out).is_err());
+        // A table count other than 1 or 2.
+        for count in [0u8, 3] {
+            let mut bad = stream.clone();
+            bad[1] = count;
+            assert!(decode(&bad, &mut out).is_err());
+        }
     }
 
     #[test]
