@@ -174,7 +174,9 @@ impl PlaneChoice {
 /// in most lookups, where SIMD rANS (32 or 64 lanes) runs ahead.
 pub const HUFFMAN_FAST_BELOW_BITS: usize = 4;
 
-fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
+/// The coder for a plane with this histogram. `fp4_bytes`: the plane is packed FP4 bytes,
+/// for which rANS also weighs a table of nibble frequencies ([`rans::plan_nibbles`]).
+fn choose_coder(hist: &Histogram, opts: &FrameOptions, fp4_bytes: bool) -> PlaneChoice {
     if hist.total == 0 {
         return PlaneChoice::new(Coder::Raw, 0);
     }
@@ -183,7 +185,12 @@ fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
     }
     let raw = hist.total;
     let h = huffman::encoded_size(hist);
-    let Some(plan) = rans::plan(hist) else {
+    let nibbles = fp4_bytes.then(|| rans::plan_nibbles(hist)).flatten();
+    let plan = match (rans::plan(hist), nibbles) {
+        (Some(full), Some(nib)) if nib.encoded_size() < full.encoded_size() => Some(nib),
+        (full, _) => full,
+    };
+    let Some(plan) = plan else {
         return PlaneChoice::new(Coder::Huffman, h);
     };
     let r = plan.encoded_size();
@@ -218,14 +225,86 @@ fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
 /// aligned 8-byte words into a small hash table and counts exact re-occurrences. Float
 /// weights almost never repeat a whole 8-byte word, so this rarely fires on them and
 /// the costly zstd attempt is skipped.
-pub fn looks_repetitive(chunk: &[u8]) -> bool {
+///
+/// Low-entropy bytes (block scales, FP8 scales) repeat words all the time by chance, short
+/// repeats at scattered offsets that cost zstd about as much as an order-0 coder pays for
+/// the words themselves: there zstd was tried on every chunk, never chosen, and took half
+/// of the encode time of MXFP4 files. So when words repeat, [`repeat_savings`] also
+/// estimates what coding them as matches would save over order-0 coding with `hist` (the
+/// chunk's byte histogram, counted here when not given), which must be 1/16 of the chunk.
+pub fn looks_repetitive(chunk: &[u8], hist: Option<&Histogram>) -> bool {
+    let words = chunk.chunks_exact(8).map(|w| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        u64::from_le_bytes(a)
+    });
+    let (hits, samples) = repeated_words(words.clone());
+    if !(samples >= 64 && hits * 16 > samples) {
+        return false;
+    }
+    let counted;
+    let hist = match hist {
+        Some(h) => h,
+        None => {
+            counted = Histogram::of(chunk);
+            &counted
+        }
+    };
+    // Order-0 cost of each byte value, in 1/256 bits: a repeat saves what its word costs.
+    let mut cost = [0u32; 256];
+    let total = hist.total.max(1) as f64;
+    for (c, &n) in cost.iter_mut().zip(&hist.counts) {
+        if n > 0 {
+            *c = (-(n as f64 / total).log2() * 256.0) as u32;
+        }
+    }
+    let word_cost = |w: u64| -> u64 {
+        w.to_le_bytes()
+            .iter()
+            .map(|&b| cost[b as usize] as u64)
+            .sum()
+    };
+    let saved = repeat_savings(words, word_cost);
+    let all = (hist.entropy_bits_per_symbol() * 256.0 * chunk.len() as f64) as u64;
+    saved * 16 > all
+}
+
+/// What coding the repeats as matches would save over order-0 coding, roughly: the order-0
+/// cost (`weight`) of every word found again in a 4096-slot hash table (each slot keeps its
+/// last word and where it was), less [`MATCH_COST`] for each match, i.e. each run of such
+/// words whose earlier copies were not also consecutive (a new offset).
+fn repeat_savings(words: impl Iterator<Item = u64>, weight: impl Fn(u64) -> u64) -> u64 {
+    const BITS: u32 = 12;
+    let mut table = [(0u64, u32::MAX); 1 << BITS];
+    let (mut saved, mut starts) = (0u64, 0u64);
+    // Where the current match's source continues, if a match is running.
+    let mut next_source = u32::MAX;
+    for (i, v) in words.enumerate() {
+        let i = i as u32;
+        let slot = (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS)) as usize;
+        let (seen, at) = table[slot];
+        if seen == v && at != u32::MAX {
+            saved += weight(v);
+            starts += (at != next_source) as u64;
+            next_source = at.wrapping_add(1);
+        } else {
+            next_source = u32::MAX;
+        }
+        table[slot] = (v, i);
+    }
+    saved.saturating_sub(starts * MATCH_COST)
+}
+
+/// Bits (in 1/256) a zstd match costs: offset, length and literal-length codes.
+const MATCH_COST: u64 = 20 * 256;
+
+/// Re-occurrences of words in a 4096-slot hash table (each slot keeps its last word), and
+/// the number of words.
+fn repeated_words(words: impl Iterator<Item = u64>) -> (usize, usize) {
     const BITS: u32 = 12;
     let mut table = [0u64; 1 << BITS];
     let (mut hits, mut samples) = (0usize, 0usize);
-    for w in chunk.chunks_exact(8) {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(w);
-        let v = u64::from_le_bytes(a);
+    for v in words {
         let slot = (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS)) as usize;
         if table[slot] == v {
             hits += 1;
@@ -234,7 +313,7 @@ pub fn looks_repetitive(chunk: &[u8]) -> bool {
         }
         samples += 1;
     }
-    samples >= 64 && hits * 16 > samples
+    (hits, samples)
 }
 
 fn varint_len(v: usize) -> usize {
@@ -276,7 +355,7 @@ pub fn encode_frame(
             Layout::candidates(dtype)
         };
         let (layout, choices, hists, size, split_done) =
-            choose_layout(chunk, candidates, opts, planes);
+            choose_layout(chunk, dtype, candidates, opts, planes);
         if layout == Layout::Bytes {
             // The one plane is the chunk itself: no copy.
             best_planes.clear();
@@ -286,12 +365,19 @@ pub fn encode_frame(
             layout.split(chunk, best_planes);
         }
         let floor_bytes = hists.iter().map(|h| h.entropy_bytes()).sum();
-        if looks_repetitive(chunk) {
+        let byte_hist = match layout {
+            Layout::Bytes => hists.first(),
+            _ => None,
+        };
+        if looks_repetitive(chunk, byte_hist) {
             if let Ok(z) = zstd::bulk::compress(chunk, opts.zstd_level) {
                 if z.len() + 8 < size {
                     let coders = vec![Coder::Zstd];
                     write_frame(out, chunk, Layout::Bytes, &[(Coder::Zstd, &z[..])]);
-                    let floor_bytes = Histogram::of(chunk).entropy_bytes();
+                    let floor_bytes = match byte_hist {
+                        Some(h) => h.entropy_bytes(),
+                        None => Histogram::of(chunk).entropy_bytes(),
+                    };
                     return FrameStats {
                         layout: Layout::Bytes,
                         coders,
@@ -338,6 +424,7 @@ pub fn encode_frame(
 /// Layouts whose planes derive from the byte histogram are compared without splitting.
 fn choose_layout(
     chunk: &[u8],
+    dtype: DType,
     candidates: &[Layout],
     opts: &FrameOptions,
     planes: &mut Vec<Vec<u8>>,
@@ -360,7 +447,11 @@ fn choose_layout(
             split = Some(layout);
             planes.iter().map(|p| Histogram::of(p)).collect()
         });
-        let choices: Vec<PlaneChoice> = hists.iter().map(|h| choose_coder(h, opts)).collect();
+        let fp4_bytes = dtype == DType::F4 && layout == Layout::Bytes;
+        let choices: Vec<PlaneChoice> = hists
+            .iter()
+            .map(|h| choose_coder(h, opts, fp4_bytes))
+            .collect();
         let size = choices
             .iter()
             .map(|c| c.size + 1 + varint_len(c.size))
@@ -372,7 +463,7 @@ fn choose_layout(
     let (layout, choices, hists, size) = best.unwrap_or_else(|| {
         // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
         let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
-        let c = choose_coder(&h, opts);
+        let c = choose_coder(&h, opts, dtype == DType::F4);
         let size = c.size;
         (Layout::Bytes, vec![c], vec![h], size)
     });
@@ -682,7 +773,7 @@ mod tests {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         let chunk: Vec<u8> = row.iter().cycle().take(row.len() * 16).copied().collect();
-        assert!(looks_repetitive(&chunk));
+        assert!(looks_repetitive(&chunk, None));
         let s = round_trip(&chunk, DType::BF16);
         assert_eq!(s.coders, vec![Coder::Zstd]);
     }
@@ -716,6 +807,106 @@ mod tests {
                 "piece {piece}"
             );
         }
+    }
+
+    #[test]
+    fn chance_repeats_of_low_entropy_bytes_are_not_repetitive() {
+        // Block scales: independent bytes, mostly one of three values. Their words repeat
+        // by chance, which order-0 coding already exploits.
+        let mut x = 0x1234_5678u32;
+        let scales: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                match x % 100 {
+                    0..=79 => 0x7f,
+                    80..=94 => 0x7e,
+                    _ => 0x7d + (x % 7) as u8,
+                }
+            })
+            .collect();
+        assert!(!looks_repetitive(&scales, None));
+        // Half zero padding, half noise: repeats beyond what the byte histogram explains.
+        let mut padded = scales
+            .iter()
+            .map(|b| b.wrapping_mul(97))
+            .collect::<Vec<u8>>();
+        padded[..32768].fill(0);
+        assert!(looks_repetitive(&padded, None));
+    }
+
+    /// Packed FP4 bytes: two codes of rounded Gaussian-like values per byte; with an even
+    /// seed, the two codes of a byte are often equal (the full byte table then pays).
+    fn fp4_chunk(len: usize, seed: u32) -> Vec<u8> {
+        let correlated = seed.is_multiple_of(2);
+        let mut x = seed | 1;
+        let mut code = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Magnitudes 0..7 falling off, sign at random.
+            let m = [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 1, 2, 3][(x >> 8) as usize % 16];
+            m | ((x >> 3) & 8) as u8
+        };
+        (0..len)
+            .map(|i| {
+                let lo = code();
+                let hi = code();
+                let hi = if correlated && i.is_multiple_of(2) {
+                    lo
+                } else {
+                    hi
+                };
+                lo | hi << 4
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fp4_chunks_code_as_bytes_with_either_table() {
+        for (len, seed) in [(64, 1), (65, 2), (4097, 3), (73_727, 5), (262_143, 6)] {
+            let chunk = fp4_chunk(len, seed);
+            let s = round_trip(&chunk, DType::F4);
+            assert_eq!(s.layout, Layout::Bytes);
+            let mut out = Vec::new();
+            encode_frame(&chunk, DType::F4, &FrameOptions::default(), &mut out);
+            let (h, _) = parse_frame(&out).expect("parse");
+            let parts = plane_parts(&h).expect("parts");
+            if len >= 4097 {
+                assert_eq!(parts[0].0, Coder::Rans);
+                // Small chunks take the nibble tables, large ones the full table.
+                let kind = parts[0].1[0] & 3;
+                assert_eq!(kind, if len < 100_000 { 3 } else { 2 }, "len {len}");
+            }
+        }
+        // Edge values: all codes, both signs, zero and the largest.
+        let all: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        round_trip(&all, DType::F4);
+        round_trip(&[0x77; 100], DType::F4);
+        round_trip(&[0x0f, 0xf0, 0x88, 0x08], DType::F4);
+    }
+
+    #[test]
+    fn fp4_code_frames_of_earlier_encoders_still_decode() {
+        // What the encoder wrote before FP4 was coded as bytes: one plane of nibble codes.
+        let chunk = fp4_chunk(10_001, 9);
+        let mut planes = Vec::new();
+        Layout::Fp4Codes.split(&chunk, &mut planes);
+        let mut payload = Vec::new();
+        rans::encode(&planes[0], &Histogram::of(&planes[0]), &mut payload);
+        let mut out = Vec::new();
+        write_frame(
+            &mut out,
+            &chunk,
+            Layout::Fp4Codes,
+            &[(Coder::Rans, &payload)],
+        );
+        let (h, _) = parse_frame(&out).expect("parse");
+        assert_eq!(h.layout, Layout::Fp4Codes);
+        let mut dec = vec![0u8; h.original_len];
+        decode_frame(&h, &mut dec).expect("decode");
+        assert_eq!(dec, chunk);
     }
 
     #[test]

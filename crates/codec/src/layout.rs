@@ -95,7 +95,7 @@ impl Layout {
             DType::F32 => &[Layout::F32ExpSm],
             DType::F8_E4M3 => &[Layout::Bytes, Layout::E4m3ExpSm],
             DType::F8_E5M2 => &[Layout::Bytes, Layout::E5m2ExpSm],
-            DType::F4 => &[Layout::Bytes, Layout::Fp4Codes],
+            DType::F4 => &[Layout::Bytes],
             DType::F64 | DType::I64 | DType::U64 => &[Layout::ByteSplit(8)],
             DType::I32 | DType::U32 => &[Layout::ByteSplit(4)],
             DType::I16 | DType::U16 => &[Layout::ByteSplit(2)],

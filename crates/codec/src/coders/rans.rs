@@ -10,7 +10,13 @@
 //!   `LANE_COUNTS` (1, 8, 32, 64), bits 4-7 the probability precision minus one), the frequency table (symbol set as runs or as a list,
 //!   then the frequencies bit-packed, the last one implied), the 16-bit renormalisation words in
 //!   the order the encoder emitted them (the decoder reads them backwards, so nothing is ever
-//!   reversed), then each lane's final state as u32 LE.
+//!   reversed), then each lane's final state as u32 LE;
+//! - or the same with bits 0-1 `KIND_RANS_NIBBLES`: instead of one table of byte frequencies,
+//!   a count byte and one or two tables of 4-bit symbols (one for both nibbles, or the low
+//!   nibble's then the high nibble's, each at the stream's precision), whose product gives the byte frequencies (see [`nibble_product`]). Packed
+//!   FP4 bytes hold two near-independent codes: the product models them as well as a full
+//!   256-entry table does, in 30 bytes instead of 200, so small FP4 planes can be coded as
+//!   bytes (half the symbols of coding the codes one by one) without paying a big table.
 //!
 //! States are 32-bit in `[2^16, 2^32)` with 16-bit renormalisation (ryg_rans "rans_word"): a
 //! decode step reads at most one word, so the hot loop is branch-free. Symbol `i` belongs to lane
@@ -58,6 +64,13 @@ const MAX_EXCHANGES: usize = 4096;
 
 const KIND_CONSTANT: u8 = 1;
 const KIND_RANS: u8 = 2;
+/// A rANS stream whose byte frequencies are the product of two nibble tables.
+const KIND_RANS_NIBBLES: u8 = 3;
+
+/// Whether the tag is that of a rANS stream (either table form).
+fn is_rans(tag: u8) -> bool {
+    matches!(tag & 3, KIND_RANS | KIND_RANS_NIBBLES)
+}
 
 fn corrupt(reason: &'static str) -> CorruptStream {
     CorruptStream {
@@ -119,7 +132,7 @@ pub fn decode_interleaved(
     with: &mut Interleave<'_>,
 ) -> Result<usize, CorruptStream> {
     match input.split_first() {
-        Some((&tag, rest)) if tag & 3 == KIND_RANS && !out.is_empty() => {
+        Some((&tag, rest)) if is_rans(tag) && !out.is_empty() => {
             decode_rans(tag, rest, out, Some(with))
         }
         _ => decode(input, out).map(|()| 0),
@@ -131,6 +144,105 @@ pub fn decode_interleaved(
 /// both ([`plan`], [`Plan::encoded_size`], [`encode_planned`]).
 pub fn plan(hist: &Histogram) -> Option<Plan> {
     (hist.distinct() >= 2).then(|| Plan::new(hist))
+}
+
+/// A plan whose byte frequencies are the product of the low and high nibbles' (the
+/// `KIND_RANS_NIBBLES` table form), at the fast precision; `None` unless both nibbles take at
+/// least two values. Its [`Plan::encoded_size`] is compared with [`plan`]'s by the caller:
+/// the full table wins on large planes (it also sees how a byte's two codes correlate), this
+/// one on small planes, where the full table's size shows.
+pub fn plan_nibbles(hist: &Histogram) -> Option<Plan> {
+    let mut lo = Histogram {
+        counts: [0; 256],
+        total: hist.total,
+    };
+    let mut hi = lo.clone();
+    for (b, &c) in hist.counts.iter().enumerate() {
+        lo.counts[b & 15] += c;
+        hi.counts[b >> 4] += c;
+    }
+    if lo.distinct() < 2 || hi.distinct() < 2 {
+        return None;
+    }
+    let precision = FAST_PRECISION;
+    // The two nibbles' own tables, or one table of both (the codes of a tensor are alike
+    // in both halves of its bytes, and one table less is ~22 bytes less).
+    let mut both = lo.clone();
+    for (b, c) in both.counts.iter_mut().zip(&hi.counts) {
+        *b += c;
+    }
+    both.total *= 2;
+    let own = (normalize(&lo, precision), normalize(&hi, precision));
+    let shared = normalize(&both, precision);
+    [own, (shared, shared)]
+        .into_iter()
+        .map(|(lo, hi)| {
+            let mut lo16 = [0u32; 16];
+            let mut hi16 = [0u32; 16];
+            lo16.copy_from_slice(&lo[..16]);
+            hi16.copy_from_slice(&hi[..16]);
+            let freqs = nibble_product(&lo16, &hi16, precision);
+            let info_bits = info_bits(hist, &freqs, precision);
+            let tables = match lo16 == hi16 {
+                true => table_bytes(&lo),
+                false => table_bytes(&lo) + table_bytes(&hi),
+            };
+            Plan {
+                precision,
+                lanes: lanes_for(info_bits),
+                freqs,
+                info_bits,
+                table_bytes: 1 + tables,
+                nibbles: Some((lo16, hi16)),
+            }
+        })
+        .min_by_key(|p| p.encoded_size())
+}
+
+/// Byte frequencies summing to `2^precision` from low- and high-nibble frequencies that each
+/// sum to `2^precision`: byte `l | h << 4` gets `lo[l] * hi[h] / 2^precision`, rounded by
+/// largest remainder, and at least 1 where both nibbles occur. The encoder and decoder both
+/// run exactly this, so it is part of the stream format.
+///
+/// `precision` must be in `8..=16` (so the 256 possible bytes fit with at least one slot
+/// each) and the inputs must sum as stated; the decoder checks both first.
+fn nibble_product(lo: &[u32; 16], hi: &[u32; 16], precision: u32) -> [u32; 256] {
+    let scale = 1u64 << precision;
+    let mut freqs = [0u32; 256];
+    let mut rems = [0u64; 256];
+    let mut sum = 0u64;
+    for (b, (f, r)) in freqs.iter_mut().zip(rems.iter_mut()).enumerate() {
+        let p = lo[b & 15] as u64 * hi[b >> 4] as u64;
+        if p > 0 {
+            *f = (p >> precision).max(1) as u32;
+            // A byte raised to one slot was already rounded up.
+            *r = if p < scale { 0 } else { p & (scale - 1) };
+            sum += *f as u64;
+        }
+    }
+    let present = || (0..256).filter(|&b| freqs[b] > 0);
+    if sum < scale {
+        // Fewer than one slot was lost per byte, so one pass of +1 makes up the sum.
+        let mut order: Vec<usize> = present().collect();
+        order.sort_unstable_by_key(|&b| (std::cmp::Reverse(rems[b]), b));
+        for &b in order.iter().take((scale - sum) as usize) {
+            freqs[b] += 1;
+        }
+    } else if sum > scale {
+        // The minimum of 1 added under one slot per byte; take them back from the largest.
+        let mut order: Vec<usize> = present().collect();
+        order.sort_unstable_by_key(|&b| (std::cmp::Reverse(freqs[b]), b));
+        let mut excess = sum - scale;
+        while excess > 0 {
+            for &b in &order {
+                if excess > 0 && freqs[b] > 1 {
+                    freqs[b] -= 1;
+                    excess -= 1;
+                }
+            }
+        }
+    }
+    freqs
 }
 
 /// [`encode`] with the choices of [`plan`] for `Histogram::of(symbols)`.
@@ -159,7 +271,7 @@ pub fn decode(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
             out.fill(symbol);
             Ok(())
         }
-        _ if tag & 3 == KIND_RANS => decode_rans(tag, rest, out, None).map(|_| ()),
+        _ if is_rans(tag) => decode_rans(tag, rest, out, None).map(|_| ()),
         _ => Err(corrupt("bad tag")),
     }
 }
@@ -176,6 +288,9 @@ pub struct Plan {
     /// Ideal cost of the symbols under the quantised frequencies.
     info_bits: f64,
     table_bytes: usize,
+    /// The low- and high-nibble frequencies `freqs` is the product of, for a
+    /// `KIND_RANS_NIBBLES` stream.
+    nibbles: Option<([u32; 16], [u32; 16])>,
 }
 
 impl Plan {
@@ -221,23 +336,28 @@ impl Plan {
     fn at(hist: &Histogram, precision: u32) -> Plan {
         let freqs = normalize(hist, precision);
         let info_bits = info_bits(hist, &freqs, precision);
-        let lanes = match info_bits / 8.0 {
-            bytes if bytes < ONE_LANE_BELOW_BYTES => 1,
-            bytes if bytes < EIGHT_LANES_BELOW_BYTES => 8,
-            bytes if bytes < NARROW_LANES_BELOW_BYTES => NARROW_SIMD_LANES,
-            _ => WIDE_LANES,
-        };
         Plan {
             precision,
-            lanes,
+            lanes: lanes_for(info_bits),
             freqs,
             info_bits,
             table_bytes: table_bytes(&freqs),
+            nibbles: None,
         }
     }
 
     fn total_bytes(&self) -> f64 {
         self.table_bytes as f64 + payload_bytes(self.info_bits, self.lanes)
+    }
+}
+
+/// The lane count for a payload of `info_bits` (see the `*_BELOW_BYTES` constants).
+fn lanes_for(info_bits: f64) -> usize {
+    match info_bits / 8.0 {
+        bytes if bytes < ONE_LANE_BELOW_BYTES => 1,
+        bytes if bytes < EIGHT_LANES_BELOW_BYTES => 8,
+        bytes if bytes < NARROW_LANES_BELOW_BYTES => NARROW_SIMD_LANES,
+        _ => WIDE_LANES,
     }
 }
 
@@ -528,6 +648,38 @@ fn read_table(input: &[u8], precision: u32) -> Result<(Table, usize), CorruptStr
     Ok((Table { symbols, freqs }, set_bytes + bits.bytes_used()))
 }
 
+/// Reads the nibble tables of a `KIND_RANS_NIBBLES` stream (a count byte, then one table for
+/// both nibbles or the low nibble's and the high nibble's) and returns their product
+/// (see [`nibble_product`]) and the bytes they took.
+fn read_nibble_tables(input: &[u8], precision: u32) -> Result<(Table, usize), CorruptStream> {
+    if !(8..=MAX_PRECISION).contains(&precision) {
+        return Err(corrupt("nibble tables need a precision of 8 to 16"));
+    }
+    let count = match input.first() {
+        Some(&count @ (1 | 2)) => count as usize,
+        Some(_) => return Err(corrupt("nibble table count is not 1 or 2")),
+        None => return Err(corrupt("truncated table")),
+    };
+    let mut nibbles = [[0u32; 16]; 2];
+    let mut used = 1;
+    for nibble in &mut nibbles[..count] {
+        let (table, n) = read_table(&input[used..], precision)?;
+        for (&s, &f) in table.symbols.iter().zip(&table.freqs) {
+            *nibble
+                .get_mut(s as usize)
+                .ok_or(corrupt("nibble symbol past 15"))? = f;
+        }
+        used += n;
+    }
+    if count == 1 {
+        nibbles[1] = nibbles[0];
+    }
+    let freqs = nibble_product(&nibbles[0], &nibbles[1], precision);
+    let symbols: Vec<u8> = (0..=255u8).filter(|&b| freqs[b as usize] > 0).collect();
+    let freqs = symbols.iter().map(|&b| freqs[b as usize]).collect();
+    Ok((Table { symbols, freqs }, used))
+}
+
 /// Packs values LSB-first.
 #[derive(Default)]
 struct BitWriter {
@@ -640,8 +792,22 @@ fn encode_plan(symbols: &[u8], plan: &Plan, out: &mut Vec<u8>) {
 
 /// [`encode_plan`] with at most the `simd` encoder (tests force the scalar one to compare).
 fn encode_plan_at(symbols: &[u8], plan: &Plan, out: &mut Vec<u8>, simd: Simd) {
-    out.push(tag(plan.precision, plan.lanes));
-    write_table(&plan.freqs, out);
+    match &plan.nibbles {
+        None => {
+            out.push(tag(plan.precision, plan.lanes));
+            write_table(&plan.freqs, out);
+        }
+        Some((lo, hi)) => {
+            out.push(tag(plan.precision, plan.lanes) & !3 | KIND_RANS_NIBBLES);
+            let tables: &[&[u32; 16]] = if lo == hi { &[lo] } else { &[lo, hi] };
+            out.push(tables.len() as u8);
+            for nibble in tables {
+                let mut freqs = [0u32; 256];
+                freqs[..16].copy_from_slice(*nibble);
+                write_table(&freqs, out);
+            }
+        }
+    }
     let table = encoder_table(&plan.freqs, plan.precision);
     let p = plan.precision;
     let states: Vec<u32> = match plan.lanes {
@@ -1003,7 +1169,10 @@ fn decode_slots<T: SlotTable>(
 fn parse(tag: u8, rest: &[u8]) -> Result<(Table, Stream<'_>), CorruptStream> {
     let lanes = LANE_COUNTS[((tag >> 2) & 3) as usize];
     let precision = (tag >> 4) as u32 + 1;
-    let (table, used) = read_table(rest, precision)?;
+    let (table, used) = match tag & 3 {
+        KIND_RANS_NIBBLES => read_nibble_tables(rest, precision)?,
+        _ => read_table(rest, precision)?,
+    };
     let body = &rest[used..];
     let words_len = body
         .len()
@@ -1866,7 +2035,7 @@ mod tests {
     /// Decodes with only the checked step (no fast loop), for comparison with `decode`.
     fn decode_checked(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
         match input.first() {
-            Some(&tag) if tag & 3 == KIND_RANS && !out.is_empty() => {
+            Some(&tag) if is_rans(tag) && !out.is_empty() => {
                 let (table, stream) = parse(tag, &input[1..])?;
                 let mut scratch = Scratch::default();
                 build_slots(&table, stream.precision, &mut scratch)?;
@@ -1931,7 +2100,10 @@ mod tests {
         let tag = input[0];
         let lanes = LANE_COUNTS[((tag >> 2) & 3) as usize];
         let precision = (tag >> 4) as u32 + 1;
-        let (table, used) = read_table(&input[1..], precision).ok()?;
+        let (table, used) = match tag & 3 {
+            KIND_RANS_NIBBLES => read_nibble_tables(&input[1..], precision).ok()?,
+            _ => read_table(&input[1..], precision).ok()?,
+        };
         let body = &input[1 + used..];
         let (words, state_bytes) = body.split_at(body.len() - 4 * lanes);
         let mut x: Vec<u64> = state_bytes
@@ -2205,7 +2377,7 @@ mod tests {
     /// `decode` (which takes the best one).
     fn decode_at(input: &[u8], out: &mut [u8], simd: Simd) -> Result<(), CorruptStream> {
         match input.first() {
-            Some(&tag) if tag & 3 == KIND_RANS && !out.is_empty() => {
+            Some(&tag) if is_rans(tag) && !out.is_empty() => {
                 let (table, stream) = parse(tag, &input[1..])?;
                 let mut scratch = Scratch::default();
                 build_slots(&table, stream.precision, &mut scratch)?;
@@ -2440,7 +2612,7 @@ mod tests {
             for other in [len - 1, len + 1, len + 8, 2 * len] {
                 let mut out = vec![0u8; other];
                 let _ = decode(&stream, &mut out);
-                if stream[0] & 3 == KIND_RANS && other != len {
+                if is_rans(stream[0]) && other != len {
                     // Lanes must all return to their start with every word used: a wrong length
                     // can only pass by coincidence, and these streams were checked not to.
                     assert!(
@@ -2520,6 +2692,209 @@ mod tests {
                 decode(&input, &mut out).is_ok(),
                 decode_checked(&input, &mut out2).is_ok()
             );
+        }
+    }
+
+    /// Packed FP4 bytes (two codes of `fp4_plane` each).
+    fn fp4_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
+        let codes = fp4_plane(rng, 2 * len);
+        codes.chunks_exact(2).map(|c| c[0] | c[1] << 4).collect()
+    }
+
+    /// Byte planes for the nibble-product form: FP4 bytes, and the awkward ones (random
+    /// bytes, one nibble constant, a few scattered values, every byte once).
+    fn nibble_planes(rng: &mut Rng, len: usize) -> Vec<Vec<u8>> {
+        vec![
+            fp4_bytes(rng, len),
+            rng.bytes(len),
+            fp4_bytes(rng, len)
+                .iter()
+                .map(|b| b & 0xf7 | 0x70)
+                .collect(),
+            categorical(rng, len, 0x3e, &[1000, 1, 1, 0, 0, 5]),
+            (0..len).map(|i| (i * 7 % 256) as u8).collect(),
+        ]
+    }
+
+    /// `plan_nibbles` with a forced lane count, encoded; `None` where the form does not apply.
+    fn encoded_nibbles(symbols: &[u8], lanes: Option<usize>) -> Option<Vec<u8>> {
+        let plan = plan_nibbles(&Histogram::of(symbols))?;
+        let plan = Plan {
+            lanes: lanes.unwrap_or(plan.lanes),
+            ..plan
+        };
+        let mut out = Vec::new();
+        encode_plan(symbols, &plan, &mut out);
+        Some(out)
+    }
+
+    #[test]
+    fn nibble_product_fills_the_scale() {
+        let mut rng = Rng(21);
+        for precision in [8, 12, 16] {
+            let scale = 1u32 << precision;
+            for case in 0..300 {
+                // Nibble tables from skewed to flat, with absent nibbles.
+                let mut tables = [[0u32; 16]; 2];
+                for t in &mut tables {
+                    let present = 2 + rng.below(15) as usize;
+                    let weights: Vec<u64> = (0..present)
+                        .map(|_| match case % 3 {
+                            0 => 1 + rng.below(4),
+                            1 => 1 + rng.below(1 << 12),
+                            _ => 1 << rng.below(20),
+                        })
+                        .collect();
+                    let mut counts = [0u32; 256];
+                    for (i, &w) in weights.iter().enumerate() {
+                        counts[(i * 16 / present + case) % 16] += w as u32;
+                    }
+                    let hist = Histogram {
+                        counts,
+                        total: counts.iter().map(|&c| c as usize).sum(),
+                    };
+                    t.copy_from_slice(&normalize(&hist, precision)[..16]);
+                }
+                let [lo, hi] = tables;
+                let freqs = nibble_product(&lo, &hi, precision);
+                assert_eq!(freqs.iter().sum::<u32>(), scale);
+                let share = |b: usize| lo[b & 15] as f64 * hi[b >> 4] as f64 / scale as f64;
+                let raised: f64 = (0..256)
+                    .filter(|&b| share(b) > 0.0)
+                    .map(|b| share(b).floor().max(1.0))
+                    .sum();
+                for (b, &f) in freqs.iter().enumerate() {
+                    let p = share(b);
+                    assert_eq!(f > 0, p > 0.0, "byte {b}");
+                    if raised <= scale as f64 {
+                        // Rounded down or up.
+                        assert!(
+                            p == 0.0 || (f as f64 - p).abs() < 1.0,
+                            "byte {b}: {} for {p}, {lo:?} {hi:?}",
+                            f
+                        );
+                    } else {
+                        // Bytes raised to one slot are paid for by the others, never above
+                        // their share.
+                        assert!(p == 0.0 || f as f64 <= p.ceil().max(1.0), "byte {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nibble_streams_round_trip_on_every_path() {
+        let mut rng = Rng(22);
+        for len in [1, 2, 3, 31, 64, 65, 1001, 4097, 40_001, 131_072] {
+            for plane in nibble_planes(&mut rng, len) {
+                for lanes in [
+                    None,
+                    Some(1),
+                    Some(8),
+                    Some(NARROW_SIMD_LANES),
+                    Some(WIDE_LANES),
+                ] {
+                    let Some(stream) = encoded_nibbles(&plane, lanes) else {
+                        // Only when a nibble takes one value.
+                        let h = Histogram::of(&plane);
+                        assert!(plan_nibbles(&h).is_none());
+                        continue;
+                    };
+                    assert_eq!(stream[0] & 3, KIND_RANS_NIBBLES);
+                    let mut outs = [(); 5].map(|_| vec![0u8; len]);
+                    let [a, b, c, d, e] = &mut outs;
+                    decode(&stream, a).unwrap();
+                    decode_at(&stream, b, Simd::Off).unwrap();
+                    decode_at(&stream, c, Simd::Avx2).unwrap();
+                    decode_at(&stream, d, Simd::Avx512).unwrap();
+                    decode_checked(&stream, e).unwrap();
+                    assert!(
+                        outs.iter().all(|o| *o == plane),
+                        "len {len} lanes {lanes:?}"
+                    );
+                    assert_eq!(reference_decode(&stream, len), Some(plane.clone()));
+                    // Corrupted: never a panic, and every path agrees.
+                    for _ in 0..4 {
+                        let mut bad = stream.clone();
+                        let at = rng.below(bad.len() as u64) as usize;
+                        bad[at] ^= 1 << rng.below(8);
+                        let mut outs = [(); 3].map(|_| vec![0u8; len]);
+                        let [a, b, c] = &mut outs;
+                        let results = [
+                            decode(&bad, a).is_ok(),
+                            decode_at(&bad, b, Simd::Off).is_ok(),
+                            decode_checked(&bad, c).is_ok(),
+                        ];
+                        assert!(results.iter().all(|&r| r == results[0]));
+                        if results[0] {
+                            assert!(outs.iter().all(|o| *o == outs[0]));
+                        }
+                    }
+                    for cut in [0, 1, stream.len() / 2, stream.len() - 1] {
+                        assert!(decode(&stream[..cut], &mut vec![0u8; len]).is_err());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nibble_plan_size_is_exact_and_small_for_fp4() {
+        let mut rng = Rng(23);
+        for len in [100, 10_000, 73_728, 262_144] {
+            for plane in nibble_planes(&mut rng, len) {
+                let hist = Histogram::of(&plane);
+                let Some(plan) = plan_nibbles(&hist) else {
+                    continue;
+                };
+                let actual = encoded_nibbles(&plane, None).unwrap().len() as f64;
+                let estimate = plan.encoded_size() as f64;
+                assert!(
+                    (estimate - actual).abs() <= 0.002 * actual + 12.0,
+                    "estimate {estimate} actual {actual}"
+                );
+            }
+            // On FP4 bytes: a table of a few dozen bytes, near the cost of the full table's
+            // coding, and far smaller on small planes.
+            let plane = fp4_bytes(&mut rng, len);
+            let hist = Histogram::of(&plane);
+            let (nib, full) = (plan_nibbles(&hist).unwrap(), plan(&hist).unwrap());
+            assert!(nib.table_bytes < 64, "{}", nib.table_bytes);
+            if len >= 10_000 {
+                assert!(nib.info_bits <= full.info_bits * 1.003 + 64.0);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_nibble_tables_are_rejected() {
+        let fp4 = fp4_bytes(&mut Rng(24), 500);
+        let stream = encoded_nibbles(&fp4, Some(8)).unwrap();
+        let mut out = vec![0u8; 500];
+        decode(&stream, &mut out).unwrap();
+        // A precision too low for 256 bytes, or an unknown one.
+        for precision in [1u8, 7] {
+            let mut bad = stream.clone();
+            bad[0] = bad[0] & 0x0f | (precision - 1) << 4;
+            assert!(decode(&bad, &mut out).is_err());
+        }
+        // A nibble table naming symbol 16: runs form, one run of 17 symbols.
+        let mut input = vec![KIND_RANS_NIBBLES | 1 << 2 | 11 << 4, 1, 0, 0, 16];
+        let mut bits = BitWriter::default();
+        for _ in 0..16 {
+            bits.put(7, 4);
+            bits.put(0, 7);
+        }
+        bits.finish(&mut input);
+        input.extend([0u8; 64]);
+        assert!(decode(&input, &mut out).is_err());
+        assert!(decode(&[KIND_RANS_NIBBLES], &mut out).is_err());
+        // A table count other than 1 or 2.
+        for count in [0u8, 3] {
+            let mut bad = stream.clone();
+            bad[1] = count;
+            assert!(decode(&bad, &mut out).is_err());
         }
     }
 
