@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use crate::coders::{huffman, rans, sparse, Histogram};
+use crate::coders::{huffman, nibble, rans, sparse, Histogram};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::wire::{put_varint, Cursor};
@@ -37,6 +37,8 @@ pub enum Coder {
     Zstd,
     /// One fill byte plus the scattered exceptions ([`crate::coders::sparse`]).
     Sparse,
+    /// Symbols below 16 packed two to a byte ([`crate::coders::nibble`]).
+    Nibble,
 }
 
 impl Coder {
@@ -49,6 +51,7 @@ impl Coder {
             Coder::Rans => 5,
             Coder::Zstd => 4,
             Coder::Sparse => 6,
+            Coder::Nibble => 7,
         }
     }
 
@@ -60,6 +63,7 @@ impl Coder {
             4 => Coder::Zstd,
             5 => Coder::Rans,
             6 => Coder::Sparse,
+            7 => Coder::Nibble,
             _ => return None,
         })
     }
@@ -73,6 +77,7 @@ impl Coder {
             Coder::Rans => "rans",
             Coder::Zstd => "zstd",
             Coder::Sparse => "sparse",
+            Coder::Nibble => "nibble",
         }
     }
 }
@@ -150,13 +155,14 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// A plan for one plane: coder and predicted payload size (and the rANS plan, so that it is
-/// worked out once).
+/// A plan for one plane: coder and predicted payload size (and the rANS or Huffman plan,
+/// so that it is worked out once).
 #[derive(Clone)]
 struct PlaneChoice {
     coder: Coder,
     size: usize,
     rans: Option<rans::Plan>,
+    huffman: Option<huffman::Plan>,
 }
 
 impl PlaneChoice {
@@ -165,6 +171,7 @@ impl PlaneChoice {
             coder,
             size,
             rans: None,
+            huffman: None,
         }
     }
 }
@@ -174,7 +181,18 @@ impl PlaneChoice {
 /// in most lookups, where SIMD rANS (32 or 64 lanes) runs ahead.
 pub const HUFFMAN_FAST_BELOW_BITS: usize = 4;
 
-fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
+/// The coder for one plane, by the coders' size estimates: the smallest, with a margin
+/// against rANS where Huffman decodes faster, and raw unless a coder saves `min_gain`.
+/// `nibbles`: whether the nibble coder may be used (not for FP4 code planes, whose
+/// coder choices stay as they were).
+///
+/// Small frames (a 16-token K/V page is a 6-12 KiB frame) spend more time building coder
+/// tables than coding, so coders are first ruled out by lower bounds on their estimates
+/// (the entropy, and table sizes that follow from which symbols occur): a plane no coder
+/// can get under raw is raw without any table built, and rANS frequencies are normalised
+/// only when rANS could beat the Huffman estimate. The bounds make this the same choice
+/// as evaluating every coder (`choose_coder_reference` in the tests).
+fn choose_coder(hist: &Histogram, opts: &FrameOptions, nibbles: bool) -> PlaneChoice {
     if hist.total == 0 {
         return PlaneChoice::new(Coder::Raw, 0);
     }
@@ -182,32 +200,71 @@ fn choose_coder(hist: &Histogram, opts: &FrameOptions) -> PlaneChoice {
         return PlaneChoice::new(Coder::Constant, 1);
     }
     let raw = hist.total;
-    let h = huffman::encoded_size(hist);
-    let Some(plan) = rans::plan(hist) else {
-        return PlaneChoice::new(Coder::Huffman, h);
-    };
-    let r = plan.encoded_size();
+    let raw_limit = raw as f64 * (1.0 - opts.min_gain);
+    let info_lb = hist.entropy_bits_lower_bound();
+    let sparse = sparse::encoded_size(hist);
+    let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
+    let (rans_lb, rans_wide_lb) = rans::encoded_size_bound(hist, info_lb);
+    let coded_lb = huffman::encoded_size_bound(hist, info_lb)
+        .min(rans_lb)
+        .min(sparse.unwrap_or(usize::MAX))
+        .min(nibble.unwrap_or(usize::MAX));
+    if coded_lb as f64 >= raw_limit {
+        return PlaneChoice::new(Coder::Raw, raw);
+    }
+    let hplan = huffman::plan(hist);
+    let h = hplan.encoded_size();
     let huffman_fast = h * 8 < HUFFMAN_FAST_BELOW_BITS * hist.total;
-    let margin = match huffman_fast || !plan.decodes_wide() {
+    // The margin rANS must win by: always for plans too narrow for the SIMD decoder, and
+    // for wide ones where Huffman decodes several symbols per lookup.
+    let wide_margin = match huffman_fast {
         true => opts.rans_min_gain,
         false => 0.0,
     };
-    // rANS must win by more than its estimate's slack, and by the margin.
-    let best = if ((r + 8) as f64) < h as f64 * (1.0 - margin) {
-        PlaneChoice {
-            coder: Coder::Rans,
-            size: r,
-            rans: Some(plan),
+    let rans_may_win = ((rans_lb + 8) as f64) < h as f64 * (1.0 - opts.rans_min_gain)
+        || ((rans_wide_lb + 8) as f64) < h as f64 * (1.0 - wide_margin);
+    let plan = match rans_may_win {
+        true => rans::plan(hist),
+        false => None,
+    };
+    let huffman_choice = || PlaneChoice {
+        coder: Coder::Huffman,
+        size: h,
+        rans: None,
+        huffman: Some(hplan.clone()),
+    };
+    let best = match plan {
+        Some(plan) => {
+            let r = plan.encoded_size();
+            let margin = match huffman_fast || !plan.decodes_wide() {
+                true => opts.rans_min_gain,
+                false => 0.0,
+            };
+            // rANS must win by more than its estimate's slack, and by the margin.
+            if ((r + 8) as f64) < h as f64 * (1.0 - margin) {
+                PlaneChoice {
+                    coder: Coder::Rans,
+                    size: r,
+                    rans: Some(plan),
+                    huffman: None,
+                }
+            } else {
+                huffman_choice()
+            }
         }
-    } else {
-        PlaneChoice::new(Coder::Huffman, h)
+        None => huffman_choice(),
     };
     // Nearly constant planes (unchanged elements of a delta): smaller, and a fill to decode.
-    let best = match sparse::encoded_size(hist) {
+    let best = match sparse {
         Some(size) if size < best.size => PlaneChoice::new(Coder::Sparse, size),
         _ => best,
     };
-    if (best.size as f64) < raw as f64 * (1.0 - opts.min_gain) {
+    // Packed nibbles decode fastest of all: taken whenever no larger than the rest.
+    let best = match nibble {
+        Some(size) if size <= best.size => PlaneChoice::new(Coder::Nibble, size),
+        _ => best,
+    };
+    if (best.size as f64) < raw_limit {
         best
     } else {
         PlaneChoice::new(Coder::Raw, raw)
@@ -359,7 +416,11 @@ fn choose_layout(
             split = Some(layout);
             planes.iter().map(|p| Histogram::of(p)).collect()
         });
-        let choices: Vec<PlaneChoice> = hists.iter().map(|h| choose_coder(h, opts)).collect();
+        let nibbles = layout != Layout::Fp4Codes;
+        let choices: Vec<PlaneChoice> = hists
+            .iter()
+            .map(|h| choose_coder(h, opts, nibbles))
+            .collect();
         let size = choices
             .iter()
             .map(|c| c.size + 1 + varint_len(c.size))
@@ -371,7 +432,7 @@ fn choose_layout(
     let (layout, choices, hists, size) = best.unwrap_or_else(|| {
         // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
         let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
-        let c = choose_coder(&h, opts);
+        let c = choose_coder(&h, opts, true);
         let size = c.size;
         (Layout::Bytes, vec![c], vec![h], size)
     });
@@ -384,7 +445,11 @@ fn encode_plane(plane: &[u8], hist: &Histogram, choice: &PlaneChoice, out: &mut 
     match (choice.coder, &choice.rans) {
         (Coder::Raw, _) => {}
         (Coder::Constant, _) => out.push(plane[0]),
-        (Coder::Huffman, _) => huffman::encode(plane, hist, out),
+        (Coder::Huffman, _) => match &choice.huffman {
+            Some(plan) => huffman::encode_planned(plane, hist, plan, out),
+            None => huffman::encode(plane, hist, out),
+        },
+        (Coder::Nibble, _) => nibble::encode(plane, out),
         (Coder::Rans, Some(plan)) => rans::encode_planned(plane, plan, out),
         (Coder::Rans, None) => rans::encode(plane, hist, out),
         (Coder::Sparse, _) => sparse::encode(plane, hist, out),
@@ -638,6 +703,7 @@ fn decode_plane(coder: Coder, payload: &[u8], plane: &mut [u8]) -> Result<(), Fr
         Coder::Huffman => huffman::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
         Coder::Rans => rans::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
         Coder::Sparse => sparse::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
+        Coder::Nibble => nibble::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
         Coder::Zstd => return Err(corrupt("zstd plane inside a multi-plane frame")),
     }
     Ok(())
@@ -656,6 +722,176 @@ mod tests {
         decode_frame(&h, &mut dec).expect("decode");
         assert_eq!(dec, chunk);
         stats
+    }
+
+    /// The coder choice as it was made before the lower-bound shortcuts (and without the
+    /// nibble coder): every coder's estimate worked out in full.
+    fn choose_coder_reference(hist: &Histogram, opts: &FrameOptions) -> (Coder, usize) {
+        if hist.total == 0 {
+            return (Coder::Raw, 0);
+        }
+        if hist.single_symbol().is_some() {
+            return (Coder::Constant, 1);
+        }
+        let raw = hist.total;
+        let h = huffman::encoded_size(hist);
+        let Some(plan) = rans::plan(hist) else {
+            return (Coder::Huffman, h);
+        };
+        let r = plan.encoded_size();
+        let huffman_fast = h * 8 < HUFFMAN_FAST_BELOW_BITS * hist.total;
+        let margin = match huffman_fast || !plan.decodes_wide() {
+            true => opts.rans_min_gain,
+            false => 0.0,
+        };
+        let mut best = if ((r + 8) as f64) < h as f64 * (1.0 - margin) {
+            (Coder::Rans, r)
+        } else {
+            (Coder::Huffman, h)
+        };
+        if let Some(size) = sparse::encoded_size(hist) {
+            if size < best.1 {
+                best = (Coder::Sparse, size);
+            }
+        }
+        if (best.1 as f64) < raw as f64 * (1.0 - opts.min_gain) {
+            best
+        } else {
+            (Coder::Raw, raw)
+        }
+    }
+
+    /// Planes of many shapes: skewed exponents, near-uniform bytes and nibbles, sparse
+    /// deltas, tiny and large.
+    fn test_planes() -> Vec<Vec<u8>> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let mut planes = Vec::new();
+        for len in [2usize, 17, 300, 2047, 2048, 6144, 40_000, 300_000] {
+            for kind in 0..7 {
+                let plane: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        match kind {
+                            0 => r as u8,
+                            1 => (r % 16) as u8,
+                            2 => (120 + (r % 7) as i64 - ((r >> 8) % 5) as i64) as u8,
+                            3 => (r.trailing_zeros().min(30) + 100) as u8,
+                            4 => {
+                                if r % 97 == 0 {
+                                    (r >> 8) as u8
+                                } else {
+                                    0
+                                }
+                            }
+                            5 => {
+                                if r % 3 == 0 {
+                                    (r >> 8) as u8
+                                } else {
+                                    7
+                                }
+                            }
+                            _ => ((r % 16) as u8).min(((r >> 8) % 16) as u8),
+                        }
+                    })
+                    .collect();
+                planes.push(plane);
+            }
+        }
+        planes
+    }
+
+    #[test]
+    fn coder_choice_matches_full_evaluation() {
+        for opts in [
+            FrameOptions::default(),
+            FrameOptions::smallest(),
+            FrameOptions {
+                min_gain: 0.05,
+                rans_min_gain: 0.02,
+                ..FrameOptions::default()
+            },
+        ] {
+            for plane in test_planes() {
+                let hist = Histogram::of(&plane);
+                let want = choose_coder_reference(&hist, &opts);
+                let got = choose_coder(&hist, &opts, false);
+                assert_eq!((got.coder, got.size), want, "{hist:?}");
+                // With nibbles allowed, the only change is nibbles where no larger.
+                let got = choose_coder(&hist, &opts, true);
+                if got.coder == Coder::Nibble {
+                    assert!(got.size <= want.1);
+                    assert_eq!(Some(got.size), nibble::encoded_size(&hist));
+                } else {
+                    assert_eq!((got.coder, got.size), want, "{hist:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn coder_bounds_are_below_estimates() {
+        for plane in test_planes() {
+            let hist = Histogram::of(&plane);
+            if hist.distinct() < 2 {
+                continue;
+            }
+            let lb = hist.entropy_bits_lower_bound();
+            assert!(huffman::encoded_size_bound(&hist, lb) <= huffman::encoded_size(&hist));
+            let (any, wide) = rans::encoded_size_bound(&hist, lb);
+            let plan = rans::plan(&hist).expect("two symbols");
+            assert!(any <= plan.encoded_size());
+            if plan.decodes_wide() {
+                assert!(wide <= plan.encoded_size());
+            }
+        }
+    }
+
+    #[test]
+    fn planned_huffman_matches_huffman_encode() {
+        for plane in test_planes() {
+            let hist = Histogram::of(&plane);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            huffman::encode(&plane, &hist, &mut a);
+            huffman::encode_planned(&plane, &hist, &huffman::plan(&hist), &mut b);
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn fp8_sign_mantissa_planes_use_nibbles() {
+        // E4M3 with a skewed exponent and a uniform sign|mantissa: the split layout's
+        // second plane is nibbles.
+        let mut x = 12345u64;
+        let chunk: Vec<u8> = (0..6144)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let exp = 7 - ((x >> 40).trailing_zeros().min(6) as u8);
+                ((x >> 20) as u8 & 0x80) | exp << 3 | (x >> 30) as u8 & 7
+            })
+            .collect();
+        let s = round_trip(&chunk, DType::F8_E4M3);
+        assert_eq!(s.layout, Layout::E4m3ExpSm);
+        assert_eq!(s.coders[1], Coder::Nibble);
+        // Odd lengths too (the last byte's high nibble is padding).
+        let s = round_trip(&chunk[..6143], DType::F8_E4M3);
+        assert_eq!(s.coders[1], Coder::Nibble);
+    }
+
+    #[test]
+    fn fp4_codes_never_use_nibbles() {
+        let chunk: Vec<u8> = (0..8192u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
+        let s = round_trip(&chunk, DType::F4);
+        assert!(!s.coders.contains(&Coder::Nibble));
     }
 
     #[test]

@@ -67,35 +67,85 @@ fn corrupt(reason: &'static str) -> CorruptStream {
 /// `S - 1` (≤ 3) bytes over the real size: where each stream's last byte falls depends on the
 /// order of the symbols, which the histogram does not know.
 pub fn encoded_size(hist: &Histogram) -> usize {
+    plan(hist).encoded_size()
+}
+
+/// The code lengths of a plane, worked out once for both [`Plan::encoded_size`] and
+/// [`encode_planned`] (the encoder needs the size to choose a coder, then the code).
+#[derive(Clone)]
+pub struct Plan {
+    lens: [u8; 256],
+    size: usize,
+}
+
+impl Plan {
+    /// What [`encode_planned`] will append (see [`encoded_size`]).
+    pub fn encoded_size(&self) -> usize {
+        self.size
+    }
+}
+
+/// The code for a plane with this histogram.
+pub fn plan(hist: &Histogram) -> Plan {
     if hist.total == 0 {
-        return 0;
+        return Plan {
+            lens: [0; 256],
+            size: 0,
+        };
     }
     let lens = code_lengths(hist);
     let table = table_bytes(&lens);
     if hist.distinct() == 1 {
-        return table;
+        return Plan { lens, size: table };
     }
-    let streams = stream_count(hist.total);
     let bits: u64 = (0..256)
         .map(|s| hist.counts[s] as u64 * lens[s] as u64)
         .sum();
-    table + (streams - 1) * (size_width(hist.total, streams) + 1) + bits.div_ceil(8) as usize
+    Plan {
+        lens,
+        size: stream_overhead(hist.total) + table + bits.div_ceil(8) as usize,
+    }
+}
+
+/// Bytes [`encoded_size`] adds to the table and the coded bits: the stream sizes, and a
+/// byte per extra stream for its partial last byte.
+fn stream_overhead(n: usize) -> usize {
+    let streams = stream_count(n);
+    (streams - 1) * (size_width(n, streams) + 1)
+}
+
+/// A lower bound on [`encoded_size`] from the histogram and a lower bound on its order-0
+/// information in bits, without building the code: the table's size depends only on which
+/// symbols occur, and no prefix code beats the entropy. For a plane of at least two
+/// distinct symbols.
+pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> usize {
+    let mut present = [0u8; 256];
+    for (p, &c) in present.iter_mut().zip(&hist.counts) {
+        *p = (c > 0) as u8;
+    }
+    let bits = info_bits_lb.max(0.0).ceil() as u64;
+    stream_overhead(hist.total) + table_bytes(&present) + bits.div_ceil(8) as usize
 }
 
 /// Appends a self-contained stream (code-length table, stream sizes, bitstreams) coding
 /// `symbols`; `hist` must be `Histogram::of(symbols)`.
 pub fn encode(symbols: &[u8], hist: &Histogram, out: &mut Vec<u8>) {
+    encode_planned(symbols, hist, &plan(hist), out);
+}
+
+/// [`encode`] with the code of [`plan`] for `hist`.
+pub fn encode_planned(symbols: &[u8], hist: &Histogram, plan: &Plan, out: &mut Vec<u8>) {
     debug_assert_eq!(hist.total, symbols.len());
     let n = symbols.len();
     if n == 0 {
         return;
     }
-    let lens = code_lengths(hist);
-    write_lengths(&lens, out);
+    let lens = &plan.lens;
+    write_lengths(lens, out);
     if hist.distinct() == 1 {
         return;
     }
-    let codes = canonical_codes(&lens);
+    let codes = canonical_codes(lens);
     let streams = stream_count(n);
     let width = size_width(n, streams);
     let sizes_at = out.len();
