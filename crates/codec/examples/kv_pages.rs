@@ -73,6 +73,22 @@ fn main() {
                 layout.split(page, &mut planes);
                 for (i, p) in planes.iter().enumerate() {
                     let h = Histogram::of(p);
+                    let t = std::time::Instant::now();
+                    for _ in 0..1000 {
+                        std::hint::black_box(huffman::plan(std::hint::black_box(&h)));
+                    }
+                    let plan_ns = t.elapsed().as_nanos() / 1000;
+                    let t = std::time::Instant::now();
+                    for _ in 0..1000 {
+                        std::hint::black_box(std::hint::black_box(&h).entropy_bits_lower_bound());
+                    }
+                    let ent_ns = t.elapsed().as_nanos() / 1000;
+                    let t = std::time::Instant::now();
+                    for _ in 0..1000 {
+                        std::hint::black_box(Histogram::of(std::hint::black_box(p)));
+                    }
+                    let hist_ns = t.elapsed().as_nanos() / 1000;
+                    println!("    huffman plan {plan_ns} ns, entropy {ent_ns} ns, histogram {hist_ns} ns");
                     println!(
                         "  {layout:?} plane {i}: n {} distinct {} entropy {:.1} huffman {} rans {}",
                         h.total,

@@ -193,23 +193,74 @@ pub const HUFFMAN_FAST_BELOW_BITS: usize = 4;
 /// only when rANS could beat the Huffman estimate. The bounds make this the same choice
 /// as evaluating every coder (`choose_coder_reference` in the tests).
 fn choose_coder(hist: &Histogram, opts: &FrameOptions, nibbles: bool) -> PlaneChoice {
+    choose_coder_bounded(hist, opts, &PlaneBounds::new(hist, nibbles))
+}
+
+/// What the coder choice starts from: cheap lower bounds on each coder's estimate, and
+/// the two exact estimates that cost nothing.
+struct PlaneBounds {
+    /// Plane is empty or constant: the bounds below are not computed.
+    trivial: bool,
+    sparse: Option<usize>,
+    nibble: Option<usize>,
+    rans: usize,
+    rans_wide: usize,
+    /// The smallest of the coded bounds.
+    coded: usize,
+}
+
+impl PlaneBounds {
+    fn new(hist: &Histogram, nibbles: bool) -> Self {
+        if hist.total == 0 || hist.single_symbol().is_some() {
+            return PlaneBounds {
+                trivial: true,
+                sparse: None,
+                nibble: None,
+                rans: 0,
+                rans_wide: 0,
+                coded: 0,
+            };
+        }
+        let info_lb = hist.entropy_bits_lower_bound();
+        let sparse = sparse::encoded_size(hist);
+        let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
+        let (rans, rans_wide) = rans::encoded_size_bound(hist, info_lb);
+        let coded = huffman::encoded_size_bound(hist, info_lb)
+            .min(rans)
+            .min(sparse.unwrap_or(usize::MAX))
+            .min(nibble.unwrap_or(usize::MAX));
+        PlaneBounds {
+            trivial: false,
+            sparse,
+            nibble,
+            rans,
+            rans_wide,
+            coded,
+        }
+    }
+
+    /// A lower bound on the size [`choose_coder_bounded`] gives the plane: raw, or a coded
+    /// size no smaller than the coders' bounds.
+    fn chosen(&self, hist: &Histogram) -> usize {
+        match (self.trivial, hist.total) {
+            (_, 0) => 0,
+            (true, _) => 1,
+            (false, raw) => raw.min(self.coded),
+        }
+    }
+}
+
+fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) -> PlaneChoice {
     if hist.total == 0 {
         return PlaneChoice::new(Coder::Raw, 0);
     }
-    if hist.single_symbol().is_some() {
+    if b.trivial {
         return PlaneChoice::new(Coder::Constant, 1);
     }
     let raw = hist.total;
     let raw_limit = raw as f64 * (1.0 - opts.min_gain);
-    let info_lb = hist.entropy_bits_lower_bound();
-    let sparse = sparse::encoded_size(hist);
-    let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
-    let (rans_lb, rans_wide_lb) = rans::encoded_size_bound(hist, info_lb);
-    let coded_lb = huffman::encoded_size_bound(hist, info_lb)
-        .min(rans_lb)
-        .min(sparse.unwrap_or(usize::MAX))
-        .min(nibble.unwrap_or(usize::MAX));
-    if coded_lb as f64 >= raw_limit {
+    let (sparse, nibble, rans_lb, rans_wide_lb) = (b.sparse, b.nibble, b.rans, b.rans_wide);
+    if b.coded as f64 >= raw_limit {
         return PlaneChoice::new(Coder::Raw, raw);
     }
     let hplan = huffman::plan(hist);
@@ -389,19 +440,57 @@ pub fn encode_frame(
     })
 }
 
+/// Chunks under this size prefer a split FP8 layout to the one byte plane unless the byte
+/// plane is [`SMALL_BYTES_LAYOUT_MARGIN`] smaller: a page-sized frame's decode time is
+/// mostly building its tables, and a ~180-symbol byte alphabet costs a full Huffman table
+/// and one symbol per lookup, where the split's exponent plane decodes three or four per
+/// lookup and its sign|mantissa plane is unpacked nibbles. On 16-token FP8 K/V pages the
+/// two sizes are within 0.5 %; whole-file frames (256 KiB and up) are unaffected.
+const SMALL_CHUNK_BYTES: usize = 64 << 10;
+/// See [`SMALL_CHUNK_BYTES`].
+const SMALL_BYTES_LAYOUT_MARGIN: f64 = 0.005;
+
+/// A candidate layout's planes: their histograms and coder bounds.
+struct Trial {
+    index: usize,
+    layout: Layout,
+    hists: Vec<Histogram>,
+    bounds: Vec<PlaneBounds>,
+    /// Lower bound on the layout's (penalised) size.
+    bound: f64,
+    penalty: f64,
+}
+
+/// A frame's size from its planes' payload sizes: each plane adds its coder byte and
+/// its length varint.
+fn planes_size(sizes: impl Iterator<Item = usize>) -> usize {
+    sizes.map(|s| s + 1 + varint_len(s)).sum()
+}
+
 /// The candidate layout whose planes code smallest by the coders' estimates, with its
 /// coder choices, plane histograms, estimated size, and whether `planes` holds its split.
 /// Layouts whose planes derive from the byte histogram are compared without splitting.
+///
+/// With several candidates (FP8, FP4), each layout's size is first bounded from below
+/// (`PlaneBounds::chosen`), and layouts are evaluated cheapest bound first; one whose
+/// bound cannot beat the best so far is skipped (a 256-symbol Huffman code is most of the
+/// cost of a small FP8 frame). That gives the same choice as evaluating all: the smallest
+/// (penalised) size, ties to the earlier candidate.
 fn choose_layout(
     chunk: &[u8],
     candidates: &[Layout],
     opts: &FrameOptions,
     planes: &mut Vec<Vec<u8>>,
 ) -> (Layout, Vec<PlaneChoice>, Vec<Histogram>, usize, bool) {
+    // FP4 chunks keep the coders they had (no nibbles).
+    let nibbles = !candidates.contains(&Layout::Fp4Codes);
+    let fp8_split = candidates
+        .iter()
+        .any(|l| matches!(l, Layout::E4m3ExpSm | Layout::E5m2ExpSm));
     let mut byte_hist: Option<Histogram> = None;
     let mut split: Option<Layout> = None;
-    let mut best: Option<(Layout, Vec<PlaneChoice>, Vec<Histogram>, usize)> = None;
-    for &layout in candidates {
+    let mut trials: Vec<Trial> = Vec::with_capacity(candidates.len());
+    for (index, &layout) in candidates.iter().enumerate() {
         if chunk.len() % layout.unit() != 0 {
             continue;
         }
@@ -411,31 +500,67 @@ fn choose_layout(
             }
             false => None,
         };
-        let hists = derived.unwrap_or_else(|| {
+        let hists: Vec<Histogram> = derived.unwrap_or_else(|| {
             layout.split(chunk, planes);
             split = Some(layout);
             planes.iter().map(|p| Histogram::of(p)).collect()
         });
-        let nibbles = layout != Layout::Fp4Codes;
-        let choices: Vec<PlaneChoice> = hists
+        let bounds: Vec<PlaneBounds> = hists.iter().map(|h| PlaneBounds::new(h, nibbles)).collect();
+        let penalty = match fp8_split && layout == Layout::Bytes && chunk.len() < SMALL_CHUNK_BYTES
+        {
+            true => 1.0 + SMALL_BYTES_LAYOUT_MARGIN,
+            false => 1.0,
+        };
+        let bound = planes_size(bounds.iter().zip(&hists).map(|(b, h)| b.chosen(h))) as f64;
+        trials.push(Trial {
+            index,
+            layout,
+            hists,
+            bounds,
+            bound: bound * penalty,
+            penalty,
+        });
+    }
+    if trials.len() > 1 {
+        trials.sort_by(|a, b| a.bound.total_cmp(&b.bound).then(a.index.cmp(&b.index)));
+    }
+    // (penalised size, candidate index) of the best so far; smaller wins.
+    type Best = (
+        (f64, usize),
+        Layout,
+        Vec<PlaneChoice>,
+        Vec<Histogram>,
+        usize,
+    );
+    let mut best: Option<Best> = None;
+    for t in trials {
+        if let Some((key, ..)) = &best {
+            if (t.bound, t.index) > *key {
+                continue;
+            }
+        }
+        let choices: Vec<PlaneChoice> = t
+            .hists
             .iter()
-            .map(|h| choose_coder(h, opts, nibbles))
+            .zip(&t.bounds)
+            .map(|(h, b)| choose_coder_bounded(h, opts, b))
             .collect();
-        let size = choices
-            .iter()
-            .map(|c| c.size + 1 + varint_len(c.size))
-            .sum();
-        if best.as_ref().is_none_or(|b| size < b.3) {
-            best = Some((layout, choices, hists, size));
+        let size = planes_size(choices.iter().map(|c| c.size));
+        let key = (size as f64 * t.penalty, t.index);
+        if best.as_ref().is_none_or(|(k, ..)| key < *k) {
+            best = Some((key, t.layout, choices, t.hists, size));
         }
     }
-    let (layout, choices, hists, size) = best.unwrap_or_else(|| {
-        // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
-        let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
-        let c = choose_coder(&h, opts, true);
-        let size = c.size;
-        (Layout::Bytes, vec![c], vec![h], size)
-    });
+    let (layout, choices, hists, size) = match best {
+        Some((_, layout, choices, hists, size)) => (layout, choices, hists, size),
+        None => {
+            // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
+            let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
+            let c = choose_coder(&h, opts, nibbles);
+            let size = c.size;
+            (Layout::Bytes, vec![c], vec![h], size)
+        }
+    };
     (layout, choices, hists, size, split == Some(layout))
 }
 
@@ -832,6 +957,83 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `choose_layout` without the bounds: every candidate evaluated in order.
+    fn choose_layout_reference(chunk: &[u8], dtype: DType) -> (Layout, usize) {
+        let candidates = Layout::candidates(dtype);
+        let nibbles = !candidates.contains(&Layout::Fp4Codes);
+        let fp8 = matches!(dtype, DType::F8_E4M3 | DType::F8_E5M2);
+        let mut best: Option<((f64, usize), Layout, usize)> = None;
+        for (index, &layout) in candidates.iter().enumerate() {
+            if chunk.len() % layout.unit() != 0 {
+                continue;
+            }
+            let mut planes = Vec::new();
+            layout.split(chunk, &mut planes);
+            let opts = FrameOptions::default();
+            let size = planes_size(
+                planes
+                    .iter()
+                    .map(|p| choose_coder(&Histogram::of(p), &opts, nibbles).size),
+            );
+            let penalty = match fp8 && layout == Layout::Bytes && chunk.len() < SMALL_CHUNK_BYTES {
+                true => 1.0 + SMALL_BYTES_LAYOUT_MARGIN,
+                false => 1.0,
+            };
+            let key = (size as f64 * penalty, index);
+            if best.is_none_or(|(k, ..)| key < k) {
+                best = Some((key, layout, size));
+            }
+        }
+        best.map_or((Layout::Bytes, usize::MAX), |(_, l, s)| (l, s))
+    }
+
+    #[test]
+    fn layout_choice_matches_full_evaluation() {
+        let mut x = 99u64;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 24
+        };
+        let mut seen = std::collections::HashSet::new();
+        for len in [64usize, 1000, 6144, 20_000, 70_000] {
+            for kind in 0..5 {
+                let chunk: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        let exp = 7 - (r >> 20).trailing_zeros().min(6) as u8;
+                        match kind {
+                            // FP8-like: skewed exponent, uniform or skewed mantissa.
+                            0 => (r as u8 & 0x80) | exp << 3 | (r >> 8) as u8 & 7,
+                            1 => exp << 3 | ((r >> 8) as u8 & 7).min((r >> 11) as u8 & 7),
+                            2 => r as u8,
+                            3 => (r % 5) as u8 * 17,
+                            _ => [0x38u8, 0x39, 0xb8, 0x40][(r % 4) as usize],
+                        }
+                    })
+                    .collect();
+                for dtype in [DType::F8_E4M3, DType::F8_E5M2, DType::F4, DType::BF16] {
+                    let mut planes = Vec::new();
+                    let (layout, _, _, size, _) = choose_layout(
+                        &chunk,
+                        Layout::candidates(dtype),
+                        &FrameOptions::default(),
+                        &mut planes,
+                    );
+                    assert_eq!(
+                        (layout, size),
+                        choose_layout_reference(&chunk, dtype),
+                        "{dtype:?} kind {kind} len {len}"
+                    );
+                    seen.insert(layout);
+                }
+            }
+        }
+        // The chunks exercise both outcomes of the FP8 choice.
+        assert!(seen.contains(&Layout::Bytes) && seen.contains(&Layout::E4m3ExpSm));
     }
 
     #[test]

@@ -153,19 +153,126 @@ pub fn encode_planned(symbols: &[u8], hist: &Histogram, plan: &Plan, out: &mut V
     let bits: u64 = (0..256)
         .map(|s| hist.counts[s] as u64 * lens[s] as u64)
         .sum();
+    if streams == MULTI_STREAMS {
+        let end = encode_four_streams(symbols, &codes, out, data_at, sizes_at, width);
+        out.truncate(end);
+        return;
+    }
     // Every stream ends with a partial byte at worst, and the flushes write 8 bytes at a time.
     let room = bits.div_ceil(8) as usize + streams + 8;
     out.resize(data_at + room, 0);
-    let mut pos = data_at;
-    for k in 0..streams {
-        let end = encode_stream(&symbols[segment(n, streams, k)], &codes, out, pos);
-        if k + 1 < streams {
-            let size = (end - pos) as u32;
-            out[sizes_at + k * width..][..width].copy_from_slice(&size.to_le_bytes()[..width]);
-        }
-        pos = end;
+    let end = encode_stream(symbols, &codes, out, data_at);
+    out.truncate(end);
+}
+
+/// Codes the four streams of a plane in one loop (four independent accumulator chains
+/// instead of one after another: the chain, a shift-or and a variable store per four
+/// symbols, was the loop's limit). Each stream is written at a provisional offset with
+/// room for its worst case, then moved down behind the previous one; the sizes go to
+/// `sizes_at`. Returns the end of the last stream. The bytes are those of coding the
+/// streams one after another with [`encode_stream`].
+fn encode_four_streams(
+    symbols: &[u8],
+    codes: &Codes,
+    out: &mut Vec<u8>,
+    data_at: usize,
+    sizes_at: usize,
+    width: usize,
+) -> usize {
+    let n = symbols.len();
+    let max_len = codes.len.iter().copied().max().unwrap_or(0) as usize;
+    let segs: [&[u8]; 4] = std::array::from_fn(|k| &symbols[segment(n, MULTI_STREAMS, k)]);
+    // Worst case of each stream, plus the 8 bytes a flush writes past its end.
+    let mut starts = [0usize; 4];
+    let mut at = data_at;
+    for (start, seg) in starts.iter_mut().zip(&segs) {
+        *start = at;
+        at += (seg.len() * max_len).div_ceil(8) + 8;
     }
-    out.truncate(pos);
+    out.resize(at, 0);
+    let (code, len) = (&codes.code, &codes.len);
+    let mut w = starts.map(StreamWriter::new);
+    let quads = segs.iter().map(|s| s.len() / 4).min().unwrap_or(0);
+    for i in 0..quads {
+        for k in 0..4 {
+            let q = &segs[k][4 * i..4 * i + 4];
+            w[k].put4([q[0], q[1], q[2], q[3]], code, len, out);
+        }
+    }
+    let mut end = data_at;
+    for k in 0..4 {
+        let rest = &segs[k][4 * quads..];
+        let mut quad_iter = rest.chunks_exact(4);
+        for q in &mut quad_iter {
+            w[k].put4([q[0], q[1], q[2], q[3]], code, len, out);
+        }
+        for &s in quad_iter.remainder() {
+            w[k].put1(s, code, len);
+        }
+        let stream_end = w[k].finish(out);
+        let size = stream_end - starts[k];
+        out.copy_within(starts[k]..stream_end, end);
+        if k + 1 < MULTI_STREAMS {
+            out[sizes_at + k * width..][..width]
+                .copy_from_slice(&(size as u32).to_le_bytes()[..width]);
+        }
+        end += size;
+    }
+    end
+}
+
+/// One bitstream being written MSB first (see [`encode_stream`]).
+#[derive(Clone, Copy)]
+struct StreamWriter {
+    acc: u64,
+    nacc: u64,
+    pos: usize,
+}
+
+impl StreamWriter {
+    fn new(pos: usize) -> Self {
+        StreamWriter {
+            acc: 0,
+            nacc: 0,
+            pos,
+        }
+    }
+
+    /// Four codes joined into one (at most 44 bits) off the accumulator's dependency
+    /// chain, then one 8-byte store; `out` needs 8 bytes past the stream's end.
+    #[inline(always)]
+    fn put4(&mut self, q: [u8; 4], code: &[u16; 256], len: &[u8; 256], out: &mut [u8]) {
+        let c = q.map(|s| code[s as usize] as u64);
+        let l = q.map(|s| len[s as usize] as u64);
+        let c01 = c[0] << l[1] | c[1];
+        let c23 = c[2] << l[3] | c[3];
+        let l23 = l[2] + l[3];
+        let l0123 = l[0] + l[1] + l23;
+        // ≤ 7 pending bits + 44 new ones: no overflow.
+        self.acc = self.acc << l0123 | c01 << l23 | c23;
+        self.nacc += l0123;
+        out[self.pos..self.pos + 8]
+            .copy_from_slice(&(self.acc << ((64 - self.nacc) & 63)).to_be_bytes());
+        self.pos += (self.nacc >> 3) as usize;
+        self.nacc &= 7;
+    }
+
+    /// One code, into the accumulator only (at most 3 follow the last `put4`).
+    #[inline(always)]
+    fn put1(&mut self, s: u8, code: &[u16; 256], len: &[u8; 256]) {
+        self.acc = self.acc << len[s as usize] | code[s as usize] as u64;
+        self.nacc += len[s as usize] as u64;
+    }
+
+    /// Writes the pending bits, zero-padded to a byte; returns the end of the stream.
+    fn finish(self, out: &mut [u8]) -> usize {
+        let mut pos = self.pos;
+        if self.nacc > 0 {
+            out[pos..pos + 8].copy_from_slice(&(self.acc << (64 - self.nacc)).to_be_bytes());
+            pos += self.nacc.div_ceil(8) as usize;
+        }
+        pos
+    }
 }
 
 /// Decodes exactly `out.len()` symbols from `input`, which must be exactly the bytes that
@@ -473,34 +580,18 @@ fn first_codes(lens: &[u8; 256]) -> [u32; MAX_LEN as usize + 1] {
 /// `out` must have 8 spare bytes past the stream's last byte (flushes write whole words).
 /// Four codes are first joined into one (at most 44 bits) off the accumulator's dependency
 /// chain, so the chain costs one shift-or per four symbols.
-fn encode_stream(symbols: &[u8], codes: &Codes, out: &mut [u8], mut pos: usize) -> usize {
+fn encode_stream(symbols: &[u8], codes: &Codes, out: &mut [u8], pos: usize) -> usize {
     // Local copies (768 bytes) address off the stack pointer, freeing a register.
     let (code, len) = (codes.code, codes.len);
-    let (mut acc, mut nacc) = (0u64, 0u64);
+    let mut w = StreamWriter::new(pos);
     let mut quads = symbols.chunks_exact(4);
     for q in &mut quads {
-        let c = [q[0], q[1], q[2], q[3]].map(|s| code[s as usize] as u64);
-        let l = [q[0], q[1], q[2], q[3]].map(|s| len[s as usize] as u64);
-        let c01 = c[0] << l[1] | c[1];
-        let c23 = c[2] << l[3] | c[3];
-        let l23 = l[2] + l[3];
-        let l0123 = l[0] + l[1] + l23;
-        // ≤ 7 pending bits + 44 new ones: no overflow.
-        acc = acc << l0123 | c01 << l23 | c23;
-        nacc += l0123;
-        out[pos..pos + 8].copy_from_slice(&(acc << ((64 - nacc) & 63)).to_be_bytes());
-        pos += (nacc >> 3) as usize;
-        nacc &= 7;
+        w.put4([q[0], q[1], q[2], q[3]], &code, &len, out);
     }
     for &s in quads.remainder() {
-        acc = acc << len[s as usize] | code[s as usize] as u64;
-        nacc += len[s as usize] as u64;
+        w.put1(s, &code, &len);
     }
-    if nacc > 0 {
-        out[pos..pos + 8].copy_from_slice(&(acc << (64 - nacc)).to_be_bytes());
-        pos += nacc.div_ceil(8) as usize;
-    }
-    pos
+    w.finish(out)
 }
 
 // ---------------------------------------------------------------------------------------
