@@ -153,76 +153,22 @@ pub fn encode_planned(symbols: &[u8], hist: &Histogram, plan: &Plan, out: &mut V
     let bits: u64 = (0..256)
         .map(|s| hist.counts[s] as u64 * lens[s] as u64)
         .sum();
-    if streams == MULTI_STREAMS {
-        let end = encode_four_streams(symbols, &codes, out, data_at, sizes_at, width);
-        out.truncate(end);
-        return;
-    }
     // Every stream ends with a partial byte at worst, and the flushes write 8 bytes at a time.
     let room = bits.div_ceil(8) as usize + streams + 8;
     out.resize(data_at + room, 0);
-    let end = encode_stream(symbols, &codes, out, data_at);
-    out.truncate(end);
-}
-
-/// Codes the four streams of a plane in one loop (four independent accumulator chains
-/// instead of one after another: the chain, a shift-or and a variable store per four
-/// symbols, was the loop's limit). Each stream is written at a provisional offset with
-/// room for its worst case, then moved down behind the previous one; the sizes go to
-/// `sizes_at`. Returns the end of the last stream. The bytes are those of coding the
-/// streams one after another with [`encode_stream`].
-fn encode_four_streams(
-    symbols: &[u8],
-    codes: &Codes,
-    out: &mut Vec<u8>,
-    data_at: usize,
-    sizes_at: usize,
-    width: usize,
-) -> usize {
-    let n = symbols.len();
-    let max_len = codes.len.iter().copied().max().unwrap_or(0) as usize;
-    let segs: [&[u8]; 4] = std::array::from_fn(|k| &symbols[segment(n, MULTI_STREAMS, k)]);
-    // Worst case of each stream, plus the 8 bytes a flush writes past its end.
-    let mut starts = [0usize; 4];
-    let mut at = data_at;
-    for (start, seg) in starts.iter_mut().zip(&segs) {
-        *start = at;
-        at += (seg.len() * max_len).div_ceil(8) + 8;
+    let mut pos = data_at;
+    for k in 0..streams {
+        let end = encode_stream(&symbols[segment(n, streams, k)], &codes, out, pos);
+        if k + 1 < streams {
+            let size = (end - pos) as u32;
+            out[sizes_at + k * width..][..width].copy_from_slice(&size.to_le_bytes()[..width]);
+        }
+        pos = end;
     }
-    out.resize(at, 0);
-    let (code, len) = (&codes.code, &codes.len);
-    let mut w = starts.map(StreamWriter::new);
-    let quads = segs.iter().map(|s| s.len() / 4).min().unwrap_or(0);
-    for i in 0..quads {
-        for k in 0..4 {
-            let q = &segs[k][4 * i..4 * i + 4];
-            w[k].put4([q[0], q[1], q[2], q[3]], code, len, out);
-        }
-    }
-    let mut end = data_at;
-    for k in 0..4 {
-        let rest = &segs[k][4 * quads..];
-        let mut quad_iter = rest.chunks_exact(4);
-        for q in &mut quad_iter {
-            w[k].put4([q[0], q[1], q[2], q[3]], code, len, out);
-        }
-        for &s in quad_iter.remainder() {
-            w[k].put1(s, code, len);
-        }
-        let stream_end = w[k].finish(out);
-        let size = stream_end - starts[k];
-        out.copy_within(starts[k]..stream_end, end);
-        if k + 1 < MULTI_STREAMS {
-            out[sizes_at + k * width..][..width]
-                .copy_from_slice(&(size as u32).to_le_bytes()[..width]);
-        }
-        end += size;
-    }
-    end
+    out.truncate(pos);
 }
 
 /// One bitstream being written MSB first (see [`encode_stream`]).
-#[derive(Clone, Copy)]
 struct StreamWriter {
     acc: u64,
     nacc: u64,
@@ -265,6 +211,7 @@ impl StreamWriter {
     }
 
     /// Writes the pending bits, zero-padded to a byte; returns the end of the stream.
+    #[inline(always)]
     fn finish(self, out: &mut [u8]) -> usize {
         let mut pos = self.pos;
         if self.nacc > 0 {
@@ -1264,6 +1211,31 @@ mod tests {
             assert_eq!(kraft, TABLE_SIZE as u32);
         }
         lens
+    }
+
+    #[test]
+    fn small_alphabets_match_the_reference_encoder() {
+        for (n, seed) in [
+            (5usize, 1u64),
+            (2047, 2),
+            (2048, 3),
+            (6144, 4),
+            (6147, 5),
+            (50_001, 6),
+        ] {
+            for top in [2u64, 5, 16] {
+                let mut x = seed;
+                let symbols: Vec<u8> = (0..n)
+                    .map(|_| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((x >> 33) % top).min((x >> 13) % top) as u8
+                    })
+                    .collect();
+                round_trip(&symbols);
+            }
+        }
     }
 
     #[test]
