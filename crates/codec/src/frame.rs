@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use crate::coders::{huffman, rans, sparse, Histogram};
+use crate::coders::{huffman, nibble, rans, sparse, Histogram};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::wire::{put_varint, Cursor};
@@ -37,6 +37,8 @@ pub enum Coder {
     Zstd,
     /// One fill byte plus the scattered exceptions ([`crate::coders::sparse`]).
     Sparse,
+    /// Symbols below 16 packed two to a byte ([`crate::coders::nibble`]).
+    Nibble,
 }
 
 impl Coder {
@@ -49,6 +51,7 @@ impl Coder {
             Coder::Rans => 5,
             Coder::Zstd => 4,
             Coder::Sparse => 6,
+            Coder::Nibble => 7,
         }
     }
 
@@ -60,6 +63,7 @@ impl Coder {
             4 => Coder::Zstd,
             5 => Coder::Rans,
             6 => Coder::Sparse,
+            7 => Coder::Nibble,
             _ => return None,
         })
     }
@@ -73,6 +77,7 @@ impl Coder {
             Coder::Rans => "rans",
             Coder::Zstd => "zstd",
             Coder::Sparse => "sparse",
+            Coder::Nibble => "nibble",
         }
     }
 }
@@ -150,13 +155,14 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// A plan for one plane: coder and predicted payload size (and the rANS plan, so that it is
-/// worked out once).
+/// A plan for one plane: coder and predicted payload size (and the rANS or Huffman plan,
+/// so that it is worked out once).
 #[derive(Clone)]
 struct PlaneChoice {
     coder: Coder,
     size: usize,
     rans: Option<rans::Plan>,
+    huffman: Option<huffman::Plan>,
 }
 
 impl PlaneChoice {
@@ -165,6 +171,7 @@ impl PlaneChoice {
             coder,
             size,
             rans: None,
+            huffman: None,
         }
     }
 }
@@ -174,47 +181,157 @@ impl PlaneChoice {
 /// in most lookups, where SIMD rANS (32 or 64 lanes) runs ahead.
 pub const HUFFMAN_FAST_BELOW_BITS: usize = 4;
 
-/// The coder for a plane with this histogram. `fp4_bytes`: the plane is packed FP4 bytes,
-/// for which rANS also weighs a table of nibble frequencies ([`rans::plan_nibbles`]).
-fn choose_coder(hist: &Histogram, opts: &FrameOptions, fp4_bytes: bool) -> PlaneChoice {
+/// [`choose_coder_bounded`] with the bounds worked out (tests compare it with a reference).
+#[cfg(test)]
+fn choose_coder(hist: &Histogram, opts: &FrameOptions, nibbles: bool) -> PlaneChoice {
+    choose_coder_bounded(hist, opts, &PlaneBounds::new(hist, nibbles, false))
+}
+
+/// What the coder choice starts from: cheap lower bounds on each coder's estimate, and
+/// the two exact estimates that cost nothing.
+struct PlaneBounds {
+    /// Plane is empty or constant: the bounds below are not computed.
+    trivial: bool,
+    /// Packed FP4 bytes: rANS also weighs a table of nibble frequencies
+    /// ([`rans::plan_nibbles`]), smaller than the byte-table bound assumes, so rANS is not
+    /// bounded.
+    fp4_bytes: bool,
+    sparse: Option<usize>,
+    nibble: Option<usize>,
+    rans: usize,
+    rans_wide: usize,
+    /// The smallest of the coded bounds.
+    coded: usize,
+}
+
+impl PlaneBounds {
+    fn new(hist: &Histogram, nibbles: bool, fp4_bytes: bool) -> Self {
+        if hist.total == 0 || hist.single_symbol().is_some() {
+            return PlaneBounds {
+                trivial: true,
+                fp4_bytes,
+                sparse: None,
+                nibble: None,
+                rans: 0,
+                rans_wide: 0,
+                coded: 0,
+            };
+        }
+        let info_lb = hist.entropy_bits_lower_bound();
+        let sparse = sparse::encoded_size(hist);
+        let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
+        let (rans, rans_wide) = match fp4_bytes {
+            true => (0, 0),
+            false => rans::encoded_size_bound(hist, info_lb),
+        };
+        let coded = huffman::encoded_size_bound(hist, info_lb)
+            .min(rans)
+            .min(sparse.unwrap_or(usize::MAX))
+            .min(nibble.unwrap_or(usize::MAX));
+        PlaneBounds {
+            trivial: false,
+            fp4_bytes,
+            sparse,
+            nibble,
+            rans,
+            rans_wide,
+            coded,
+        }
+    }
+
+    /// A lower bound on the size [`choose_coder_bounded`] gives the plane: raw, or a coded
+    /// size no smaller than the coders' bounds.
+    fn chosen(&self, hist: &Histogram) -> usize {
+        match (self.trivial, hist.total) {
+            (_, 0) => 0,
+            (true, _) => 1,
+            (false, raw) => raw.min(self.coded),
+        }
+    }
+}
+
+/// The coder for one plane, by the coders' size estimates: the smallest, with a margin
+/// against rANS where Huffman decodes faster, and raw unless a coder saves `min_gain`.
+/// `nibbles`: whether the nibble coder may be used (not for FP4, whose coder choices stay
+/// as they were).
+///
+/// Small frames (a 16-token K/V page is a 6-12 KiB frame) spend more time building coder
+/// tables than coding, so coders are first ruled out by lower bounds on their estimates
+/// (the entropy, and table sizes that follow from which symbols occur): a plane no coder
+/// can get under raw is raw without any table built, and rANS frequencies are normalised
+/// only when rANS could beat the Huffman estimate. The bounds make this the same choice
+/// as evaluating every coder (`choose_coder_reference` in the tests).
+fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) -> PlaneChoice {
     if hist.total == 0 {
         return PlaneChoice::new(Coder::Raw, 0);
     }
-    if hist.single_symbol().is_some() {
+    if b.trivial {
         return PlaneChoice::new(Coder::Constant, 1);
     }
     let raw = hist.total;
-    let h = huffman::encoded_size(hist);
-    let nibbles = fp4_bytes.then(|| rans::plan_nibbles(hist)).flatten();
-    let plan = match (rans::plan(hist), nibbles) {
-        (Some(full), Some(nib)) if nib.encoded_size() < full.encoded_size() => Some(nib),
-        (full, _) => full,
-    };
-    let Some(plan) = plan else {
-        return PlaneChoice::new(Coder::Huffman, h);
-    };
-    let r = plan.encoded_size();
+    let raw_limit = raw as f64 * (1.0 - opts.min_gain);
+    let (sparse, nibble, rans_lb, rans_wide_lb) = (b.sparse, b.nibble, b.rans, b.rans_wide);
+    if b.coded as f64 >= raw_limit {
+        return PlaneChoice::new(Coder::Raw, raw);
+    }
+    let hplan = huffman::plan(hist);
+    let h = hplan.encoded_size();
     let huffman_fast = h * 8 < HUFFMAN_FAST_BELOW_BITS * hist.total;
-    let margin = match huffman_fast || !plan.decodes_wide() {
+    // The margin rANS must win by: always for plans too narrow for the SIMD decoder, and
+    // for wide ones where Huffman decodes several symbols per lookup.
+    let wide_margin = match huffman_fast {
         true => opts.rans_min_gain,
         false => 0.0,
     };
-    // rANS must win by more than its estimate's slack, and by the margin.
-    let best = if ((r + 8) as f64) < h as f64 * (1.0 - margin) {
-        PlaneChoice {
-            coder: Coder::Rans,
-            size: r,
-            rans: Some(plan),
+    let rans_may_win = b.fp4_bytes
+        || ((rans_lb + 8) as f64) < h as f64 * (1.0 - opts.rans_min_gain)
+        || ((rans_wide_lb + 8) as f64) < h as f64 * (1.0 - wide_margin);
+    let nibble_plan = || b.fp4_bytes.then(|| rans::plan_nibbles(hist)).flatten();
+    let plan = match rans_may_win {
+        false => None,
+        true => match (rans::plan(hist), nibble_plan()) {
+            (Some(full), Some(nib)) if nib.encoded_size() < full.encoded_size() => Some(nib),
+            (full, _) => full,
+        },
+    };
+    let huffman_choice = || PlaneChoice {
+        coder: Coder::Huffman,
+        size: h,
+        rans: None,
+        huffman: Some(hplan.clone()),
+    };
+    let best = match plan {
+        Some(plan) => {
+            let r = plan.encoded_size();
+            let margin = match huffman_fast || !plan.decodes_wide() {
+                true => opts.rans_min_gain,
+                false => 0.0,
+            };
+            // rANS must win by more than its estimate's slack, and by the margin.
+            if ((r + 8) as f64) < h as f64 * (1.0 - margin) {
+                PlaneChoice {
+                    coder: Coder::Rans,
+                    size: r,
+                    rans: Some(plan),
+                    huffman: None,
+                }
+            } else {
+                huffman_choice()
+            }
         }
-    } else {
-        PlaneChoice::new(Coder::Huffman, h)
+        None => huffman_choice(),
     };
     // Nearly constant planes (unchanged elements of a delta): smaller, and a fill to decode.
-    let best = match sparse::encoded_size(hist) {
+    let best = match sparse {
         Some(size) if size < best.size => PlaneChoice::new(Coder::Sparse, size),
         _ => best,
     };
-    if (best.size as f64) < raw as f64 * (1.0 - opts.min_gain) {
+    // Packed nibbles decode fastest of all: taken whenever no larger than the rest.
+    let best = match nibble {
+        Some(size) if size <= best.size => PlaneChoice::new(Coder::Nibble, size),
+        _ => best,
+    };
+    if (best.size as f64) < raw_limit {
         best
     } else {
         PlaneChoice::new(Coder::Raw, raw)
@@ -419,9 +536,42 @@ pub fn encode_frame(
     })
 }
 
+/// Chunks under this size prefer a split FP8 layout to the one byte plane unless the byte
+/// plane is [`SMALL_BYTES_LAYOUT_MARGIN`] smaller: a page-sized frame's decode time is
+/// mostly building its tables, and a ~180-symbol byte alphabet costs a full Huffman table
+/// and one symbol per lookup, where the split's exponent plane decodes three or four per
+/// lookup and its sign|mantissa plane is unpacked nibbles. On 16-token FP8 K/V pages the
+/// two sizes are within 0.5 %; whole-file frames (256 KiB and up) are unaffected.
+const SMALL_CHUNK_BYTES: usize = 64 << 10;
+/// See [`SMALL_CHUNK_BYTES`].
+const SMALL_BYTES_LAYOUT_MARGIN: f64 = 0.005;
+
+/// A candidate layout's planes: their histograms and coder bounds.
+struct Trial {
+    index: usize,
+    layout: Layout,
+    hists: Vec<Histogram>,
+    bounds: Vec<PlaneBounds>,
+    /// Lower bound on the layout's (penalised) size.
+    bound: f64,
+    penalty: f64,
+}
+
+/// A frame's size from its planes' payload sizes: each plane adds its coder byte and
+/// its length varint.
+fn planes_size(sizes: impl Iterator<Item = usize>) -> usize {
+    sizes.map(|s| s + 1 + varint_len(s)).sum()
+}
+
 /// The candidate layout whose planes code smallest by the coders' estimates, with its
 /// coder choices, plane histograms, estimated size, and whether `planes` holds its split.
 /// Layouts whose planes derive from the byte histogram are compared without splitting.
+///
+/// With several candidates (FP8, FP4), each layout's size is first bounded from below
+/// (`PlaneBounds::chosen`), and layouts are evaluated cheapest bound first; one whose
+/// bound cannot beat the best so far is skipped (a 256-symbol Huffman code is most of the
+/// cost of a small FP8 frame). That gives the same choice as evaluating all: the smallest
+/// (penalised) size, ties to the earlier candidate.
 fn choose_layout(
     chunk: &[u8],
     dtype: DType,
@@ -429,10 +579,15 @@ fn choose_layout(
     opts: &FrameOptions,
     planes: &mut Vec<Vec<u8>>,
 ) -> (Layout, Vec<PlaneChoice>, Vec<Histogram>, usize, bool) {
+    // FP4 chunks keep the coders they had (no nibble coder).
+    let nibbles = dtype != DType::F4;
+    let fp8_split = candidates
+        .iter()
+        .any(|l| matches!(l, Layout::E4m3ExpSm | Layout::E5m2ExpSm));
     let mut byte_hist: Option<Histogram> = None;
     let mut split: Option<Layout> = None;
-    let mut best: Option<(Layout, Vec<PlaneChoice>, Vec<Histogram>, usize)> = None;
-    for &layout in candidates {
+    let mut trials: Vec<Trial> = Vec::with_capacity(candidates.len());
+    for (index, &layout) in candidates.iter().enumerate() {
         if chunk.len() % layout.unit() != 0 {
             continue;
         }
@@ -442,31 +597,72 @@ fn choose_layout(
             }
             false => None,
         };
-        let hists = derived.unwrap_or_else(|| {
+        let hists: Vec<Histogram> = derived.unwrap_or_else(|| {
             layout.split(chunk, planes);
             split = Some(layout);
             planes.iter().map(|p| Histogram::of(p)).collect()
         });
         let fp4_bytes = dtype == DType::F4 && layout == Layout::Bytes;
-        let choices: Vec<PlaneChoice> = hists
+        let bounds: Vec<PlaneBounds> = hists
             .iter()
-            .map(|h| choose_coder(h, opts, fp4_bytes))
+            .map(|h| PlaneBounds::new(h, nibbles, fp4_bytes))
             .collect();
-        let size = choices
+        let penalty = match fp8_split && layout == Layout::Bytes && chunk.len() < SMALL_CHUNK_BYTES
+        {
+            true => 1.0 + SMALL_BYTES_LAYOUT_MARGIN,
+            false => 1.0,
+        };
+        let bound = planes_size(bounds.iter().zip(&hists).map(|(b, h)| b.chosen(h))) as f64;
+        trials.push(Trial {
+            index,
+            layout,
+            hists,
+            bounds,
+            bound: bound * penalty,
+            penalty,
+        });
+    }
+    if trials.len() > 1 {
+        trials.sort_by(|a, b| a.bound.total_cmp(&b.bound).then(a.index.cmp(&b.index)));
+    }
+    // (penalised size, candidate index) of the best so far; smaller wins.
+    type Best = (
+        (f64, usize),
+        Layout,
+        Vec<PlaneChoice>,
+        Vec<Histogram>,
+        usize,
+    );
+    let mut best: Option<Best> = None;
+    for t in trials {
+        if let Some((key, ..)) = &best {
+            if (t.bound, t.index) > *key {
+                continue;
+            }
+        }
+        let choices: Vec<PlaneChoice> = t
+            .hists
             .iter()
-            .map(|c| c.size + 1 + varint_len(c.size))
-            .sum();
-        if best.as_ref().is_none_or(|b| size < b.3) {
-            best = Some((layout, choices, hists, size));
+            .zip(&t.bounds)
+            .map(|(h, b)| choose_coder_bounded(h, opts, b))
+            .collect();
+        let size = planes_size(choices.iter().map(|c| c.size));
+        let key = (size as f64 * t.penalty, t.index);
+        if best.as_ref().is_none_or(|(k, ..)| key < *k) {
+            best = Some((key, t.layout, choices, t.hists, size));
         }
     }
-    let (layout, choices, hists, size) = best.unwrap_or_else(|| {
-        // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
-        let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
-        let c = choose_coder(&h, opts, dtype == DType::F4);
-        let size = c.size;
-        (Layout::Bytes, vec![c], vec![h], size)
-    });
+    let (layout, choices, hists, size) = match best {
+        Some((_, layout, choices, hists, size)) => (layout, choices, hists, size),
+        None => {
+            // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
+            let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
+            let f4 = dtype == DType::F4;
+            let c = choose_coder_bounded(&h, opts, &PlaneBounds::new(&h, nibbles, f4));
+            let size = c.size;
+            (Layout::Bytes, vec![c], vec![h], size)
+        }
+    };
     (layout, choices, hists, size, split == Some(layout))
 }
 
@@ -476,7 +672,11 @@ fn encode_plane(plane: &[u8], hist: &Histogram, choice: &PlaneChoice, out: &mut 
     match (choice.coder, &choice.rans) {
         (Coder::Raw, _) => {}
         (Coder::Constant, _) => out.push(plane[0]),
-        (Coder::Huffman, _) => huffman::encode(plane, hist, out),
+        (Coder::Huffman, _) => match &choice.huffman {
+            Some(plan) => huffman::encode_planned(plane, hist, plan, out),
+            None => huffman::encode(plane, hist, out),
+        },
+        (Coder::Nibble, _) => nibble::encode(plane, out),
         (Coder::Rans, Some(plan)) => rans::encode_planned(plane, plan, out),
         (Coder::Rans, None) => rans::encode(plane, hist, out),
         (Coder::Sparse, _) => sparse::encode(plane, hist, out),
@@ -739,6 +939,7 @@ fn decode_plane(coder: Coder, payload: &[u8], plane: &mut [u8]) -> Result<(), Fr
         Coder::Huffman => huffman::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
         Coder::Rans => rans::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
         Coder::Sparse => sparse::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
+        Coder::Nibble => nibble::decode(payload, plane).map_err(|e| corrupt(e.to_string()))?,
         Coder::Zstd => return Err(corrupt("zstd plane inside a multi-plane frame")),
     }
     Ok(())
@@ -757,6 +958,260 @@ mod tests {
         decode_frame(&h, &mut dec).expect("decode");
         assert_eq!(dec, chunk);
         stats
+    }
+
+    /// The coder choice as it was made before the lower-bound shortcuts (and without the
+    /// nibble coder): every coder's estimate worked out in full.
+    fn choose_coder_reference(hist: &Histogram, opts: &FrameOptions) -> (Coder, usize) {
+        if hist.total == 0 {
+            return (Coder::Raw, 0);
+        }
+        if hist.single_symbol().is_some() {
+            return (Coder::Constant, 1);
+        }
+        let raw = hist.total;
+        let h = huffman::encoded_size(hist);
+        let Some(plan) = rans::plan(hist) else {
+            return (Coder::Huffman, h);
+        };
+        let r = plan.encoded_size();
+        let huffman_fast = h * 8 < HUFFMAN_FAST_BELOW_BITS * hist.total;
+        let margin = match huffman_fast || !plan.decodes_wide() {
+            true => opts.rans_min_gain,
+            false => 0.0,
+        };
+        let mut best = if ((r + 8) as f64) < h as f64 * (1.0 - margin) {
+            (Coder::Rans, r)
+        } else {
+            (Coder::Huffman, h)
+        };
+        if let Some(size) = sparse::encoded_size(hist) {
+            if size < best.1 {
+                best = (Coder::Sparse, size);
+            }
+        }
+        if (best.1 as f64) < raw as f64 * (1.0 - opts.min_gain) {
+            best
+        } else {
+            (Coder::Raw, raw)
+        }
+    }
+
+    /// Planes of many shapes: skewed exponents, near-uniform bytes and nibbles, sparse
+    /// deltas, tiny and large.
+    fn test_planes() -> Vec<Vec<u8>> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let mut planes = Vec::new();
+        for len in [2usize, 17, 300, 2047, 2048, 6144, 40_000, 300_000] {
+            for kind in 0..7 {
+                let plane: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        match kind {
+                            0 => r as u8,
+                            1 => (r % 16) as u8,
+                            2 => (120 + (r % 7) as i64 - ((r >> 8) % 5) as i64) as u8,
+                            3 => (r.trailing_zeros().min(30) + 100) as u8,
+                            4 => {
+                                if r % 97 == 0 {
+                                    (r >> 8) as u8
+                                } else {
+                                    0
+                                }
+                            }
+                            5 => {
+                                if r % 3 == 0 {
+                                    (r >> 8) as u8
+                                } else {
+                                    7
+                                }
+                            }
+                            _ => ((r % 16) as u8).min(((r >> 8) % 16) as u8),
+                        }
+                    })
+                    .collect();
+                planes.push(plane);
+            }
+        }
+        planes
+    }
+
+    #[test]
+    fn coder_choice_matches_full_evaluation() {
+        for opts in [
+            FrameOptions::default(),
+            FrameOptions::smallest(),
+            FrameOptions {
+                min_gain: 0.05,
+                rans_min_gain: 0.02,
+                ..FrameOptions::default()
+            },
+        ] {
+            for plane in test_planes() {
+                let hist = Histogram::of(&plane);
+                let want = choose_coder_reference(&hist, &opts);
+                let got = choose_coder(&hist, &opts, false);
+                assert_eq!((got.coder, got.size), want, "{hist:?}");
+                // With nibbles allowed, the only change is nibbles where no larger.
+                let got = choose_coder(&hist, &opts, true);
+                if got.coder == Coder::Nibble {
+                    assert!(got.size <= want.1);
+                    assert_eq!(Some(got.size), nibble::encoded_size(&hist));
+                } else {
+                    assert_eq!((got.coder, got.size), want, "{hist:?}");
+                }
+            }
+        }
+    }
+
+    /// `choose_layout` without the bounds: every candidate evaluated in order.
+    fn choose_layout_reference(chunk: &[u8], dtype: DType) -> (Layout, usize) {
+        let candidates = Layout::candidates(dtype);
+        let nibbles = dtype != DType::F4;
+        let fp8 = matches!(dtype, DType::F8_E4M3 | DType::F8_E5M2);
+        let mut best: Option<((f64, usize), Layout, usize)> = None;
+        for (index, &layout) in candidates.iter().enumerate() {
+            if chunk.len() % layout.unit() != 0 {
+                continue;
+            }
+            let mut planes = Vec::new();
+            layout.split(chunk, &mut planes);
+            let opts = FrameOptions::default();
+            // FP4 bytes also weigh nibble-product rANS tables, which the bounds never prune.
+            let fp4_bytes = dtype == DType::F4 && layout == Layout::Bytes;
+            let size = planes_size(planes.iter().map(|p| {
+                let h = Histogram::of(p);
+                match fp4_bytes {
+                    true => {
+                        choose_coder_bounded(&h, &opts, &PlaneBounds::new(&h, false, true)).size
+                    }
+                    false => choose_coder(&h, &opts, nibbles).size,
+                }
+            }));
+            let penalty = match fp8 && layout == Layout::Bytes && chunk.len() < SMALL_CHUNK_BYTES {
+                true => 1.0 + SMALL_BYTES_LAYOUT_MARGIN,
+                false => 1.0,
+            };
+            let key = (size as f64 * penalty, index);
+            if best.is_none_or(|(k, ..)| key < k) {
+                best = Some((key, layout, size));
+            }
+        }
+        best.map_or((Layout::Bytes, usize::MAX), |(_, l, s)| (l, s))
+    }
+
+    #[test]
+    fn layout_choice_matches_full_evaluation() {
+        let mut x = 99u64;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 24
+        };
+        let mut seen = std::collections::HashSet::new();
+        for len in [64usize, 1000, 6144, 20_000, 70_000] {
+            for kind in 0..5 {
+                let chunk: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        let exp = 7 - (r >> 20).trailing_zeros().min(6) as u8;
+                        match kind {
+                            // FP8-like: skewed exponent, uniform or skewed mantissa.
+                            0 => (r as u8 & 0x80) | exp << 3 | (r >> 8) as u8 & 7,
+                            1 => exp << 3 | ((r >> 8) as u8 & 7).min((r >> 11) as u8 & 7),
+                            2 => r as u8,
+                            3 => (r % 5) as u8 * 17,
+                            _ => [0x38u8, 0x39, 0xb8, 0x40][(r % 4) as usize],
+                        }
+                    })
+                    .collect();
+                for dtype in [DType::F8_E4M3, DType::F8_E5M2, DType::F4, DType::BF16] {
+                    let mut planes = Vec::new();
+                    let (layout, _, _, size, _) = choose_layout(
+                        &chunk,
+                        dtype,
+                        Layout::candidates(dtype),
+                        &FrameOptions::default(),
+                        &mut planes,
+                    );
+                    assert_eq!(
+                        (layout, size),
+                        choose_layout_reference(&chunk, dtype),
+                        "{dtype:?} kind {kind} len {len}"
+                    );
+                    seen.insert(layout);
+                }
+            }
+        }
+        // The chunks exercise both outcomes of the FP8 choice.
+        assert!(seen.contains(&Layout::Bytes) && seen.contains(&Layout::E4m3ExpSm));
+    }
+
+    #[test]
+    fn coder_bounds_are_below_estimates() {
+        for plane in test_planes() {
+            let hist = Histogram::of(&plane);
+            if hist.distinct() < 2 {
+                continue;
+            }
+            let lb = hist.entropy_bits_lower_bound();
+            assert!(huffman::encoded_size_bound(&hist, lb) <= huffman::encoded_size(&hist));
+            let (any, wide) = rans::encoded_size_bound(&hist, lb);
+            let plan = rans::plan(&hist).expect("two symbols");
+            assert!(any <= plan.encoded_size());
+            if plan.decodes_wide() {
+                assert!(wide <= plan.encoded_size());
+            }
+        }
+    }
+
+    #[test]
+    fn planned_huffman_matches_huffman_encode() {
+        for plane in test_planes() {
+            let hist = Histogram::of(&plane);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            huffman::encode(&plane, &hist, &mut a);
+            huffman::encode_planned(&plane, &hist, &huffman::plan(&hist), &mut b);
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn fp8_sign_mantissa_planes_use_nibbles() {
+        // E4M3 with a skewed exponent and a uniform sign|mantissa: the split layout's
+        // second plane is nibbles.
+        let mut x = 12345u64;
+        let chunk: Vec<u8> = (0..6144)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let exp = 7 - ((x >> 40).trailing_zeros().min(6) as u8);
+                ((x >> 20) as u8 & 0x80) | exp << 3 | (x >> 30) as u8 & 7
+            })
+            .collect();
+        let s = round_trip(&chunk, DType::F8_E4M3);
+        assert_eq!(s.layout, Layout::E4m3ExpSm);
+        assert_eq!(s.coders[1], Coder::Nibble);
+        // Odd lengths too (the last byte's high nibble is padding).
+        let s = round_trip(&chunk[..6143], DType::F8_E4M3);
+        assert_eq!(s.coders[1], Coder::Nibble);
+    }
+
+    #[test]
+    fn fp4_codes_never_use_nibbles() {
+        let chunk: Vec<u8> = (0..8192u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
+        let s = round_trip(&chunk, DType::F4);
+        assert!(!s.coders.contains(&Coder::Nibble));
     }
 
     #[test]

@@ -264,9 +264,12 @@ fn merge_f32(planes: &[&[u8]], out: &mut [u8]) {
 
 fn split_bytes(chunk: &[u8], width: usize, planes: &mut [Vec<u8>]) {
     if width == 2 {
-        // The F16 case is hot enough to deserve a loop the compiler can vectorise.
+        // The F16 case is hot enough to deserve SIMD: the compiler left every form of
+        // this loop scalar, a seventh of the whole-file F16 encode time.
         let (lo, hi) = two_planes(planes);
-        for ((l, h), v) in lo.iter_mut().zip(hi.iter_mut()).zip(chunk.chunks_exact(2)) {
+        let done = split_lo_hi_simd(chunk, lo, hi);
+        let rest = lo[done..].iter_mut().zip(hi[done..].iter_mut());
+        for ((l, h), v) in rest.zip(chunk[2 * done..].chunks_exact(2)) {
             *l = v[0];
             *h = v[1];
         }
@@ -277,6 +280,34 @@ fn split_bytes(chunk: &[u8], width: usize, planes: &mut [Vec<u8>]) {
             p[i] = *b;
         }
     }
+}
+
+/// Splits the leading elements of `chunk` (two bytes each) into `lo` and `hi` sixteen at a
+/// time; returns how many it did (the caller does the rest).
+#[cfg(target_arch = "x86_64")]
+fn split_lo_hi_simd(chunk: &[u8], lo: &mut [u8], hi: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let n = lo.len().min(hi.len()).min(chunk.len() / 2) / 16 * 16;
+    for i in (0..n).step_by(16) {
+        // SAFETY: SSE2 is part of the x86_64 baseline. `i + 16 <= n`, so the two 16-byte
+        // loads at `2 * i` and `2 * i + 16` end at `2 * n <= chunk.len()`, and the stores
+        // at `i` end at `n <= lo.len(), hi.len()`; unaligned loads and stores throughout.
+        unsafe {
+            let a = _mm_loadu_si128(chunk.as_ptr().add(2 * i).cast());
+            let b = _mm_loadu_si128(chunk.as_ptr().add(2 * i + 16).cast());
+            let mask = _mm_set1_epi16(0xff);
+            let l = _mm_packus_epi16(_mm_and_si128(a, mask), _mm_and_si128(b, mask));
+            let h = _mm_packus_epi16(_mm_srli_epi16::<8>(a), _mm_srli_epi16::<8>(b));
+            _mm_storeu_si128(lo.as_mut_ptr().add(i).cast(), l);
+            _mm_storeu_si128(hi.as_mut_ptr().add(i).cast(), h);
+        }
+    }
+    n
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn split_lo_hi_simd(_chunk: &[u8], _lo: &mut [u8], _hi: &mut [u8]) -> usize {
+    0
 }
 
 fn merge_bytes(planes: &[&[u8]], width: usize, out: &mut [u8]) {
@@ -390,6 +421,19 @@ mod tests {
             layout.split(&data, &mut planes);
             let counted: Vec<Histogram> = planes.iter().map(|p| Histogram::of(p)).collect();
             assert_eq!(derived, counted, "{layout:?}");
+        }
+    }
+
+    #[test]
+    fn f16_split_matches_bytewise_split_at_every_length() {
+        let data: Vec<u8> = (0..200u32).map(|i| (i * 97 + i / 3) as u8).collect();
+        for elems in 0..=100usize {
+            let chunk = &data[..2 * elems];
+            let mut planes = Vec::new();
+            Layout::F16HiLo.split(chunk, &mut planes);
+            let lo: Vec<u8> = chunk.iter().step_by(2).copied().collect();
+            let hi: Vec<u8> = chunk.iter().skip(1).step_by(2).copied().collect();
+            assert_eq!(planes, [lo, hi], "{elems} elements");
         }
     }
 

@@ -67,35 +67,85 @@ fn corrupt(reason: &'static str) -> CorruptStream {
 /// `S - 1` (≤ 3) bytes over the real size: where each stream's last byte falls depends on the
 /// order of the symbols, which the histogram does not know.
 pub fn encoded_size(hist: &Histogram) -> usize {
+    plan(hist).encoded_size()
+}
+
+/// The code lengths of a plane, worked out once for both [`Plan::encoded_size`] and
+/// [`encode_planned`] (the encoder needs the size to choose a coder, then the code).
+#[derive(Clone)]
+pub struct Plan {
+    lens: [u8; 256],
+    size: usize,
+}
+
+impl Plan {
+    /// What [`encode_planned`] will append (see [`encoded_size`]).
+    pub fn encoded_size(&self) -> usize {
+        self.size
+    }
+}
+
+/// The code for a plane with this histogram.
+pub fn plan(hist: &Histogram) -> Plan {
     if hist.total == 0 {
-        return 0;
+        return Plan {
+            lens: [0; 256],
+            size: 0,
+        };
     }
     let lens = code_lengths(hist);
     let table = table_bytes(&lens);
     if hist.distinct() == 1 {
-        return table;
+        return Plan { lens, size: table };
     }
-    let streams = stream_count(hist.total);
     let bits: u64 = (0..256)
         .map(|s| hist.counts[s] as u64 * lens[s] as u64)
         .sum();
-    table + (streams - 1) * (size_width(hist.total, streams) + 1) + bits.div_ceil(8) as usize
+    Plan {
+        lens,
+        size: stream_overhead(hist.total) + table + bits.div_ceil(8) as usize,
+    }
+}
+
+/// Bytes [`encoded_size`] adds to the table and the coded bits: the stream sizes, and a
+/// byte per extra stream for its partial last byte.
+fn stream_overhead(n: usize) -> usize {
+    let streams = stream_count(n);
+    (streams - 1) * (size_width(n, streams) + 1)
+}
+
+/// A lower bound on [`encoded_size`] from the histogram and a lower bound on its order-0
+/// information in bits, without building the code: the table's size depends only on which
+/// symbols occur, and no prefix code beats the entropy. For a plane of at least two
+/// distinct symbols.
+pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> usize {
+    let mut present = [0u8; 256];
+    for (p, &c) in present.iter_mut().zip(&hist.counts) {
+        *p = (c > 0) as u8;
+    }
+    let bits = info_bits_lb.max(0.0).ceil() as u64;
+    stream_overhead(hist.total) + table_bytes(&present) + bits.div_ceil(8) as usize
 }
 
 /// Appends a self-contained stream (code-length table, stream sizes, bitstreams) coding
 /// `symbols`; `hist` must be `Histogram::of(symbols)`.
 pub fn encode(symbols: &[u8], hist: &Histogram, out: &mut Vec<u8>) {
+    encode_planned(symbols, hist, &plan(hist), out);
+}
+
+/// [`encode`] with the code of [`plan`] for `hist`.
+pub fn encode_planned(symbols: &[u8], hist: &Histogram, plan: &Plan, out: &mut Vec<u8>) {
     debug_assert_eq!(hist.total, symbols.len());
     let n = symbols.len();
     if n == 0 {
         return;
     }
-    let lens = code_lengths(hist);
-    write_lengths(&lens, out);
+    let lens = &plan.lens;
+    write_lengths(lens, out);
     if hist.distinct() == 1 {
         return;
     }
-    let codes = canonical_codes(&lens);
+    let codes = canonical_codes(lens);
     let streams = stream_count(n);
     let width = size_width(n, streams);
     let sizes_at = out.len();
@@ -116,6 +166,60 @@ pub fn encode(symbols: &[u8], hist: &Histogram, out: &mut Vec<u8>) {
         pos = end;
     }
     out.truncate(pos);
+}
+
+/// One bitstream being written MSB first (see [`encode_stream`]).
+struct StreamWriter {
+    acc: u64,
+    nacc: u64,
+    pos: usize,
+}
+
+impl StreamWriter {
+    fn new(pos: usize) -> Self {
+        StreamWriter {
+            acc: 0,
+            nacc: 0,
+            pos,
+        }
+    }
+
+    /// Four codes joined into one (at most 44 bits) off the accumulator's dependency
+    /// chain, then one 8-byte store; `out` needs 8 bytes past the stream's end.
+    #[inline(always)]
+    fn put4(&mut self, q: [u8; 4], code: &[u16; 256], len: &[u8; 256], out: &mut [u8]) {
+        let c = q.map(|s| code[s as usize] as u64);
+        let l = q.map(|s| len[s as usize] as u64);
+        let c01 = c[0] << l[1] | c[1];
+        let c23 = c[2] << l[3] | c[3];
+        let l23 = l[2] + l[3];
+        let l0123 = l[0] + l[1] + l23;
+        // ≤ 7 pending bits + 44 new ones: no overflow.
+        self.acc = self.acc << l0123 | c01 << l23 | c23;
+        self.nacc += l0123;
+        out[self.pos..self.pos + 8]
+            .copy_from_slice(&(self.acc << ((64 - self.nacc) & 63)).to_be_bytes());
+        self.pos += (self.nacc >> 3) as usize;
+        self.nacc &= 7;
+    }
+
+    /// One code, into the accumulator only (at most 3 follow the last `put4`).
+    #[inline(always)]
+    fn put1(&mut self, s: u8, code: &[u16; 256], len: &[u8; 256]) {
+        self.acc = self.acc << len[s as usize] | code[s as usize] as u64;
+        self.nacc += len[s as usize] as u64;
+    }
+
+    /// Writes the pending bits, zero-padded to a byte; returns the end of the stream.
+    #[inline(always)]
+    fn finish(self, out: &mut [u8]) -> usize {
+        let mut pos = self.pos;
+        if self.nacc > 0 {
+            out[pos..pos + 8].copy_from_slice(&(self.acc << (64 - self.nacc)).to_be_bytes());
+            pos += self.nacc.div_ceil(8) as usize;
+        }
+        pos
+    }
 }
 
 /// Decodes exactly `out.len()` symbols from `input`, which must be exactly the bytes that
@@ -423,34 +527,18 @@ fn first_codes(lens: &[u8; 256]) -> [u32; MAX_LEN as usize + 1] {
 /// `out` must have 8 spare bytes past the stream's last byte (flushes write whole words).
 /// Four codes are first joined into one (at most 44 bits) off the accumulator's dependency
 /// chain, so the chain costs one shift-or per four symbols.
-fn encode_stream(symbols: &[u8], codes: &Codes, out: &mut [u8], mut pos: usize) -> usize {
+fn encode_stream(symbols: &[u8], codes: &Codes, out: &mut [u8], pos: usize) -> usize {
     // Local copies (768 bytes) address off the stack pointer, freeing a register.
     let (code, len) = (codes.code, codes.len);
-    let (mut acc, mut nacc) = (0u64, 0u64);
+    let mut w = StreamWriter::new(pos);
     let mut quads = symbols.chunks_exact(4);
     for q in &mut quads {
-        let c = [q[0], q[1], q[2], q[3]].map(|s| code[s as usize] as u64);
-        let l = [q[0], q[1], q[2], q[3]].map(|s| len[s as usize] as u64);
-        let c01 = c[0] << l[1] | c[1];
-        let c23 = c[2] << l[3] | c[3];
-        let l23 = l[2] + l[3];
-        let l0123 = l[0] + l[1] + l23;
-        // ≤ 7 pending bits + 44 new ones: no overflow.
-        acc = acc << l0123 | c01 << l23 | c23;
-        nacc += l0123;
-        out[pos..pos + 8].copy_from_slice(&(acc << ((64 - nacc) & 63)).to_be_bytes());
-        pos += (nacc >> 3) as usize;
-        nacc &= 7;
+        w.put4([q[0], q[1], q[2], q[3]], &code, &len, out);
     }
     for &s in quads.remainder() {
-        acc = acc << len[s as usize] | code[s as usize] as u64;
-        nacc += len[s as usize] as u64;
+        w.put1(s, &code, &len);
     }
-    if nacc > 0 {
-        out[pos..pos + 8].copy_from_slice(&(acc << (64 - nacc)).to_be_bytes());
-        pos += nacc.div_ceil(8) as usize;
-    }
-    pos
+    w.finish(out)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1123,6 +1211,31 @@ mod tests {
             assert_eq!(kraft, TABLE_SIZE as u32);
         }
         lens
+    }
+
+    #[test]
+    fn small_alphabets_match_the_reference_encoder() {
+        for (n, seed) in [
+            (5usize, 1u64),
+            (2047, 2),
+            (2048, 3),
+            (6144, 4),
+            (6147, 5),
+            (50_001, 6),
+        ] {
+            for top in [2u64, 5, 16] {
+                let mut x = seed;
+                let symbols: Vec<u8> = (0..n)
+                    .map(|_| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((x >> 33) % top).min((x >> 13) % top) as u8
+                    })
+                    .collect();
+                round_trip(&symbols);
+            }
+        }
     }
 
     #[test]

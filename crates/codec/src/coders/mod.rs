@@ -7,6 +7,7 @@
 
 mod histogram;
 pub mod huffman;
+pub mod nibble;
 pub mod rans;
 pub mod sparse;
 

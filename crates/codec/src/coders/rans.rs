@@ -279,6 +279,45 @@ pub fn decode(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
 // ---------------------------------------------------------------------------------------------
 // Choosing precision, lanes and frequencies
 
+/// Lower bounds on [`Plan::encoded_size`] for a plane of at least two distinct symbols,
+/// from the histogram and a lower bound on its order-0 information in bits, without
+/// normalising the frequencies: `(any plan, a plan that decodes wide)`.
+///
+/// The symbol set's bytes depend only on which symbols occur, each frequency but the last
+/// takes at least 4 bits, and quantised frequencies never code below the entropy; the
+/// payload estimate grows with the information and with the lanes, which grow with it.
+/// A wide plan has at least `EIGHT_LANES_BELOW_BYTES` of information and 32 lanes.
+pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> (usize, usize) {
+    let (mut distinct, mut runs, mut prev) = (0usize, 0usize, false);
+    for &c in &hist.counts {
+        let here = c > 0;
+        distinct += here as usize;
+        runs += (here && !prev) as usize;
+        prev = here;
+    }
+    let set = if symbols_as_list(distinct, runs) {
+        distinct
+    } else {
+        2 * runs
+    };
+    let table = 1 + set + (4 * distinct.saturating_sub(1)).div_ceil(8);
+    let info = info_bits_lb.max(0.0);
+    let any = 1 + table + payload_bytes(info, lanes_for(info)).round() as usize;
+    let wide_info = info.max(EIGHT_LANES_BELOW_BYTES * 8.0);
+    let wide = 1 + table + payload_bytes(wide_info, lanes_for(wide_info)).round() as usize;
+    (any, wide)
+}
+
+/// Lanes for a plane of `info_bits` of information (non-decreasing in it).
+fn lanes_for(info_bits: f64) -> usize {
+    match info_bits / 8.0 {
+        bytes if bytes < ONE_LANE_BELOW_BYTES => 1,
+        bytes if bytes < EIGHT_LANES_BELOW_BYTES => 8,
+        bytes if bytes < NARROW_LANES_BELOW_BYTES => NARROW_SIMD_LANES,
+        _ => WIDE_LANES,
+    }
+}
+
 /// Everything the encoder decides from the histogram alone, shared by `encoded_size` and `encode`.
 #[derive(Clone)]
 pub struct Plan {
@@ -348,16 +387,6 @@ impl Plan {
 
     fn total_bytes(&self) -> f64 {
         self.table_bytes as f64 + payload_bytes(self.info_bits, self.lanes)
-    }
-}
-
-/// The lane count for a payload of `info_bits` (see the `*_BELOW_BYTES` constants).
-fn lanes_for(info_bits: f64) -> usize {
-    match info_bits / 8.0 {
-        bytes if bytes < ONE_LANE_BELOW_BYTES => 1,
-        bytes if bytes < EIGHT_LANES_BELOW_BYTES => 8,
-        bytes if bytes < NARROW_LANES_BELOW_BYTES => NARROW_SIMD_LANES,
-        _ => WIDE_LANES,
     }
 }
 
