@@ -588,7 +588,7 @@ fn choose_layout(
     let mut split: Option<Layout> = None;
     let mut trials: Vec<Trial> = Vec::with_capacity(candidates.len());
     for (index, &layout) in candidates.iter().enumerate() {
-        if chunk.len() % layout.unit() != 0 {
+        if !chunk.len().is_multiple_of(layout.unit()) {
             continue;
         }
         let derived = match layout.derives_from_bytes() {
@@ -756,7 +756,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<(FrameHeader<'_>, usize), FrameError> {
         )));
     }
     let original_len = original_len as usize;
-    if original_len % layout.unit() != 0 {
+    if !original_len.is_multiple_of(layout.unit()) {
         return Err(corrupt("chunk length does not fit the layout"));
     }
     let checksum = b.u32_le().ok_or_else(|| corrupt("truncated checksum"))?;
