@@ -1644,6 +1644,7 @@ mod simd {
             let low16 = _mm512_set1_epi32(0xffff);
             let precision = _mm_cvtsi32_si128(self.precision as i32);
             let to_x_max = _mm_cvtsi32_si128(32 - self.precision as i32);
+            let scale = _mm512_set1_epi32(1 << self.precision);
             let mut x = [_mm512_setzero_si512(); V];
             for (x, s) in x.iter_mut().zip(&self.x) {
                 // SAFETY: 16 `u32`s.
@@ -1666,10 +1667,7 @@ mod simd {
                     unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(pos).cast(), words) };
                     pos += 2 * flush.count_ones() as usize;
                     let xs = _mm512_mask_srli_epi32::<16>(x[v], flush, x[v]);
-                    let (q, r) = divide(xs, freq);
-                    // C(s, x) = (x / freq) << precision | (x % freq + start).
-                    x[v] =
-                        _mm512_or_si512(_mm512_sll_epi32(q, precision), _mm512_add_epi32(r, start));
+                    x[v] = code(xs, freq, start, precision, scale);
                 }
             }
             for (x, s) in x.iter().zip(self.x.iter_mut()) {
@@ -1743,6 +1741,7 @@ mod simd {
             let order = unsafe { _mm512_loadu_si512(CHUNK_ORDER.as_ptr().cast()) };
             // SAFETY: 32 `u16`s.
             let low_words = unsafe { _mm512_loadu_si512(LOW_WORDS.as_ptr().cast()) };
+            let scale = _mm512_set1_epi32(1 << self.precision);
             let zero = _mm512_setzero_si512();
             let precision = _mm_cvtsi32_si128(self.precision as i32);
             let to_x_max = _mm_cvtsi32_si128(32 - self.precision as i32);
@@ -1790,9 +1789,7 @@ mod simd {
                     before[j] = x[v];
                     flushes[j] = flush;
                     let xs = _mm512_mask_srli_epi32::<16>(x[v], flush, x[v]);
-                    let (q, r) = divide(xs, freq);
-                    x[v] =
-                        _mm512_or_si512(_mm512_sll_epi32(q, precision), _mm512_add_epi32(r, start));
+                    x[v] = code(xs, freq, start, precision, scale);
                 }
                 for pair in 0..2 {
                     let words = _mm512_permutex2var_epi16(
@@ -1817,16 +1814,36 @@ mod simd {
         }
     }
 
-    /// Quotient and remainder of `x / freq` for quotients under 2^20 (`x < freq << 20`) and
-    /// `0 < freq < 2^16`, by a single-precision reciprocal: the division's latency (and its
-    /// throughput, about one 16-lane division per 5 cycles) dominated the encoder.
+    /// The coding function C(s, x) = (x / freq) << precision | (x % freq + start) from
+    /// `divide`'s quotient, `scale` being `2^precision`: where the quotient is one short, the
+    /// remainder holds an extra `freq` and the state lacks `scale - freq`. Adding that last
+    /// keeps the correction off the path from the quotient to the state.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn code(
+        x: __m512i,
+        freq: __m512i,
+        start: __m512i,
+        precision: __m128i,
+        scale: __m512i,
+    ) -> __m512i {
+        let (q, r) = divide(x, freq);
+        let short = _mm512_cmpge_epu32_mask(r, freq);
+        let x = _mm512_add_epi32(_mm512_sll_epi32(q, precision), _mm512_add_epi32(r, start));
+        _mm512_mask_add_epi32(x, short, x, _mm512_sub_epi32(scale, freq))
+    }
+
+    /// The quotient of `x / freq` or one less, and `x` minus `freq` times it, for quotients
+    /// under 2^20 (`x < freq << 20`) and `0 < freq < 2^16`: a single-precision reciprocal
+    /// instead of a division, whose latency (and throughput, about one 16-lane division per
+    /// 5 cycles) dominated the encoder.
     ///
     /// `rcp14` is within 2^-14 of `1 / freq`; one Newton step towards `(1 - 2^-21) / freq`
     /// leaves it within 2^-21 + 2^-24 + 2^-28 below `1 / freq` and never above (its squared
     /// error and the bias are below, its rounding is under 2^-24). With the roundings of `x`
     /// and of the product (2^-24 each), `x * rcp` is below `x / freq` by under
-    /// `2^20 * 11.1 * 2^-24 < 0.7`, so its truncation is the quotient or one less, which the
-    /// remainder's size reveals. Lanes with `freq == 0` give garbage, never a fault.
+    /// `2^20 * 11.1 * 2^-24 < 0.7`, so its truncation is the quotient or one less. Lanes with
+    /// `freq == 0` give garbage, never a fault.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn divide(x: __m512i, freq: __m512i) -> (__m512i, __m512i) {
@@ -1835,11 +1852,7 @@ mod simd {
         let e = _mm512_fnmadd_ps(f, r0, _mm512_set1_ps(1.0 - 1.0 / (1 << 21) as f32));
         let rcp = _mm512_fmadd_ps(r0, e, r0);
         let q = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), rcp));
-        let r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));
-        let short = _mm512_cmpge_epu32_mask(r, freq);
-        let q = _mm512_mask_add_epi32(q, short, q, _mm512_set1_epi32(1));
-        let r = _mm512_mask_sub_epi32(r, short, r, freq);
-        (q, r)
+        (q, _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq)))
     }
 
     /// `divide` on plain arrays, for tests; `None` without AVX-512.
@@ -2420,7 +2433,7 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn simd_division_is_exact() {
+    fn simd_division_is_at_most_one_short() {
         let mut rng = Rng(16);
         // The encoder divides states below `freq << (32 - precision)` (unflushed) or 2^16
         // (flushed); every frequency a table at 12..=16 bits can hold, at the extremes and
@@ -2454,12 +2467,13 @@ mod tests {
                     return;
                 };
                 for i in 0..16 {
-                    assert_eq!(
-                        qr[i],
-                        (x[i] / freq[i], x[i] % freq[i]),
-                        "{} / {} at precision {precision}",
+                    let (q, r) = (x[i] / freq[i], x[i] % freq[i]);
+                    assert!(
+                        qr[i] == (q, r) || q > 0 && qr[i] == (q - 1, r + freq[i]),
+                        "{} / {} at precision {precision}: {:?}",
                         x[i],
-                        freq[i]
+                        freq[i],
+                        qr[i]
                     );
                 }
             }
