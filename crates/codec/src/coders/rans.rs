@@ -1370,7 +1370,8 @@ impl Simd {
     }
 }
 
-/// SIMD decoding of wide streams: vectors of states, table lookups by gather.
+/// SIMD decoding and encoding of wide streams: vectors of states, table lookups by gather (or,
+/// encoding with VBMI, by byte permutes from registers).
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{Interleave, Simd, SimdView, NARROW_SIMD_LANES, STATE_LOW, WIDE_LANES};
@@ -1519,8 +1520,9 @@ mod simd {
     ///
     /// States are kept in vectors of sixteen lanes in descending lane order, the order the
     /// scalar encoder codes a group's lanes in, so a vector's flushed words are compressed
-    /// straight into stream order. `x / freq` is a single-precision division, corrected (see
-    /// `divide`).
+    /// straight into stream order. `x / freq` comes from a single-precision reciprocal (see
+    /// `divide` and `code`). With AVX-512 VBMI, `encode_vbmi` looks the table entries up in
+    /// registers; otherwise (and for a lone 32-lane group) `encode_avx512` gathers them.
     pub(super) struct Encoder {
         /// `freq | start << 16` per symbol.
         packed: [u32; 256],
@@ -1535,8 +1537,9 @@ mod simd {
     }
 
     impl Encoder {
-        /// `None` unless AVX-512 F, BW and POPCNT are available and `12 <= precision <= 16`
-        /// (all that wide streams use; `divide` needs quotients under 2^20).
+        /// `None` unless AVX-512 F, BW and POPCNT are available, `12 <= precision <= 16`
+        /// (all that wide streams use; `divide` needs quotients under 2^20) and every
+        /// frequency fits 16 bits.
         ///
         /// With `lookup` (and AVX-512 VBMI and VBMI2), whole 64-symbol chunks go to
         /// `encode_vbmi`; tests turn it off to check the gather kernel too.
