@@ -85,6 +85,20 @@ impl DigestWorker {
     }
 }
 
+impl Drop for DigestWorker {
+    /// A writer dropped without `finish` (its input was bad) still ends its thread here:
+    /// closing the queue stops it after at most [`IN_FLIGHT`] batches, and nothing it holds
+    /// outlives the writer.
+    fn drop(&mut self) {
+        self.to_worker = None;
+        if let Some(thread) = self.thread.take() {
+            // The digests of an abandoned container are not wanted, nor a panic's payload:
+            // `finish` is where a hashing panic surfaces.
+            let _ = thread.join();
+        }
+    }
+}
+
 fn hash_batches(batches: Receiver<Batch>, give_back: SyncSender<Vec<u8>>) -> Digests {
     let mut sha256 = Sha256::new();
     let mut xxh3 = XxHash3_128::new();
