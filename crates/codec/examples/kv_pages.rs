@@ -8,26 +8,6 @@ use floatzip_codec::frame::parse_frame;
 use floatzip_codec::kv::{KvBlockCodec, KvLayout};
 use floatzip_codec::safetensors::parse_header;
 
-/// The histogram loop before symbols were read a word at a time (A/B timing only).
-fn histogram_bytewise(symbols: &[u8]) -> [u32; 256] {
-    let mut sub = [[0u32; 256]; 4];
-    let mut quads = symbols.chunks_exact(4);
-    for q in &mut quads {
-        sub[0][q[0] as usize] += 1;
-        sub[1][q[1] as usize] += 1;
-        sub[2][q[2] as usize] += 1;
-        sub[3][q[3] as usize] += 1;
-    }
-    for &s in quads.remainder() {
-        sub[0][s as usize] += 1;
-    }
-    let mut counts = [0u32; 256];
-    for (i, c) in counts.iter_mut().enumerate() {
-        *c = sub[0][i] + sub[1][i] + sub[2][i] + sub[3][i];
-    }
-    counts
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map_or("bf16", |s| s.as_str());
@@ -84,59 +64,6 @@ fn main() {
         let (h, _) = parse_frame(&e[at..]).expect("frame");
         let coders = floatzip_codec::frame::frame_coders(&h).expect("coders");
         println!("  {:?} {:?} {} bytes", h.layout, coders, e.len());
-    }
-    if std::env::var_os("KV_STATS").is_some() {
-        use floatzip_codec::coders::{huffman, rans, Histogram};
-        for page in pages.iter().take(4) {
-            for &layout in floatzip_codec::Layout::candidates(dtype) {
-                let mut planes = Vec::new();
-                layout.split(page, &mut planes);
-                for (i, p) in planes.iter().enumerate() {
-                    let h = Histogram::of(p);
-                    let t = std::time::Instant::now();
-                    for _ in 0..1000 {
-                        std::hint::black_box(huffman::plan(std::hint::black_box(&h)));
-                    }
-                    let plan_ns = t.elapsed().as_nanos() / 1000;
-                    let t = std::time::Instant::now();
-                    for _ in 0..1000 {
-                        std::hint::black_box(std::hint::black_box(&h).entropy_bits_lower_bound());
-                    }
-                    let ent_ns = t.elapsed().as_nanos() / 1000;
-                    let t = std::time::Instant::now();
-                    for _ in 0..1000 {
-                        std::hint::black_box(Histogram::of(std::hint::black_box(p)));
-                    }
-                    let hist_ns = t.elapsed().as_nanos() / 1000;
-                    let mut best = [u128::MAX; 2];
-                    for _ in 0..20 {
-                        let t = std::time::Instant::now();
-                        for _ in 0..200 {
-                            std::hint::black_box(Histogram::of(std::hint::black_box(p)));
-                        }
-                        best[0] = best[0].min(t.elapsed().as_nanos() / 200);
-                        let t = std::time::Instant::now();
-                        for _ in 0..200 {
-                            std::hint::black_box(histogram_bytewise(std::hint::black_box(p)));
-                        }
-                        best[1] = best[1].min(t.elapsed().as_nanos() / 200);
-                    }
-                    println!(
-                        "    histogram min: words {} ns, bytes {} ns",
-                        best[0], best[1]
-                    );
-                    println!("    huffman plan {plan_ns} ns, entropy {ent_ns} ns, histogram {hist_ns} ns");
-                    println!(
-                        "  {layout:?} plane {i}: n {} distinct {} entropy {:.1} huffman {} rans {}",
-                        h.total,
-                        h.distinct(),
-                        h.entropy_bytes(),
-                        huffman::encoded_size(&h),
-                        rans::encoded_size(&h)
-                    );
-                }
-            }
-        }
     }
     let start = std::time::Instant::now();
     let mut out = Vec::new();
