@@ -2,6 +2,9 @@
 //! attention cache holds them) cut from the real MiniLM K cache of the repository's
 //! fixtures, encoded and decoded with one reused [`KvBlockCodec`]. Bytes/s are of the
 //! original page bytes. The target is 1 GB/s per core for 16-token blocks.
+//!
+//! To profile one case without criterion's analysis in the way:
+//! `perf record cargo bench --bench kv -- --profile-time 10 encode/minilm-kv-f16`.
 
 use std::path::Path;
 

@@ -30,6 +30,15 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The first fixture whose name contains `part`.
+fn fixture_containing(part: &str) -> Vec<u8> {
+    fixtures()
+        .into_iter()
+        .find(|(n, _)| n.contains(part))
+        .map(|(_, data)| data)
+        .unwrap_or_else(|| panic!("no fixture named like {part:?}"))
+}
+
 #[test]
 fn every_fixture_round_trips_byte_identical() {
     for (name, data) in fixtures() {
@@ -53,10 +62,7 @@ fn every_fixture_round_trips_byte_identical() {
 fn manifest_digests_are_those_of_the_input() {
     // Small chunks make many batches, so the digest thread sees batches queued behind one
     // another, entries cut across batches, and recycled buffers.
-    let (_, data) = fixtures()
-        .into_iter()
-        .find(|(n, _)| n.contains("f32"))
-        .unwrap();
+    let data = fixture_containing("f32");
     for chunk_bytes in [4 << 10, 256 << 10] {
         let opts = EncodeOptions {
             chunk_bytes,
@@ -82,10 +88,7 @@ fn manifest_digests_are_those_of_the_input() {
 
 #[test]
 fn random_access_matches_full_decode() {
-    let (_, data) = fixtures()
-        .into_iter()
-        .find(|(n, _)| n.contains("bf16"))
-        .unwrap();
+    let data = fixture_containing("bf16");
     let opts = EncodeOptions {
         chunk_bytes: 16 << 10,
         ..Default::default()
