@@ -222,17 +222,34 @@ fn nibble_product(lo: &[u32; 16], hi: &[u32; 16], precision: u32) -> [u32; 256] 
     }
     let present = || (0..256).filter(|&b| freqs[b] > 0);
     if sum < scale {
-        // Fewer than one slot was lost per byte, so one pass of +1 makes up the sum.
+        // Fewer than one slot was lost per byte, so one pass of +1 makes up the sum. The
+        // key is a total order, so the bytes that get a slot are one set however the
+        // selection orders them (no full sort: this runs per chunk, twice).
         let mut order: Vec<usize> = present().collect();
-        order.sort_unstable_by_key(|&b| (std::cmp::Reverse(rems[b]), b));
-        for &b in order.iter().take((scale - sum) as usize) {
+        let missing = (scale - sum) as usize;
+        let key = |&b: &usize| (std::cmp::Reverse(rems[b]), b);
+        if missing < order.len() {
+            order.select_nth_unstable_by_key(missing, key);
+        }
+        for &b in order.iter().take(missing) {
             freqs[b] += 1;
         }
     } else if sum > scale {
-        // The minimum of 1 added under one slot per byte; take them back from the largest.
+        // The minimum of 1 added under one slot per byte; take them back from the largest,
+        // a slot each in order, round after round. Usually one partial round, whose bytes
+        // a selection finds (bytes at one slot sort last, so they are not among them).
         let mut order: Vec<usize> = present().collect();
-        order.sort_unstable_by_key(|&b| (std::cmp::Reverse(freqs[b]), b));
         let mut excess = sum - scale;
+        let key = |&b: &usize| (std::cmp::Reverse(freqs[b]), b);
+        let above_one = order.iter().filter(|&&b| freqs[b] > 1).count();
+        if (excess as usize) < above_one {
+            order.select_nth_unstable_by_key(excess as usize, key);
+            for &b in &order[..excess as usize] {
+                freqs[b] -= 1;
+            }
+            return freqs;
+        }
+        order.sort_unstable_by_key(key);
         while excess > 0 {
             for &b in &order {
                 if excess > 0 && freqs[b] > 1 {
@@ -2972,6 +2989,41 @@ mod tests {
         Some(out)
     }
 
+    /// `nibble_product` as first written (and as the format defines it): the bytes short of
+    /// the scale get a slot in the order of a full sort.
+    fn nibble_product_by_sorting(lo: &[u32; 16], hi: &[u32; 16], precision: u32) -> [u32; 256] {
+        let scale = 1u64 << precision;
+        let mut freqs = [0u32; 256];
+        let mut rems = [0u64; 256];
+        for b in 0..256 {
+            let p = lo[b & 15] as u64 * hi[b >> 4] as u64;
+            if p > 0 {
+                freqs[b] = (p >> precision).max(1) as u32;
+                rems[b] = if p < scale { 0 } else { p & (scale - 1) };
+            }
+        }
+        let sum: u64 = freqs.iter().map(|&f| f as u64).sum();
+        let mut order: Vec<usize> = (0..256).filter(|&b| freqs[b] > 0).collect();
+        if sum < scale {
+            order.sort_unstable_by_key(|&b| (std::cmp::Reverse(rems[b]), b));
+            for &b in order.iter().take((scale - sum) as usize) {
+                freqs[b] += 1;
+            }
+        } else if sum > scale {
+            order.sort_unstable_by_key(|&b| (std::cmp::Reverse(freqs[b]), b));
+            let mut excess = sum - scale;
+            while excess > 0 {
+                for &b in &order {
+                    if excess > 0 && freqs[b] > 1 {
+                        freqs[b] -= 1;
+                        excess -= 1;
+                    }
+                }
+            }
+        }
+        freqs
+    }
+
     #[test]
     fn nibble_product_fills_the_scale() {
         let mut rng = Rng(21);
@@ -3002,6 +3054,8 @@ mod tests {
                 let [lo, hi] = tables;
                 let freqs = nibble_product(&lo, &hi, precision);
                 assert_eq!(freqs.iter().sum::<u32>(), scale);
+                // The decoder rebuilds this table: it must be exactly the format's rounding.
+                assert_eq!(freqs, nibble_product_by_sorting(&lo, &hi, precision));
                 let share = |b: usize| lo[b & 15] as f64 * hi[b >> 4] as f64 / scale as f64;
                 let raised: f64 = (0..256)
                     .filter(|&b| share(b) > 0.0)
