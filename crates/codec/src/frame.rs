@@ -448,6 +448,13 @@ fn checksum(original: &[u8], coded_planes: &[u8]) -> u32 {
     XxHash3_64::oneshot_with_seed(XxHash3_64::oneshot(original), coded_planes) as u32
 }
 
+/// Bytes that a frame of a `len`-byte chunk fits in: the raw coding (chosen whenever the
+/// coders would not beat it), headers, and slack for the coders' size estimates, so that
+/// [`encode_frame`] need not grow a buffer this large.
+pub fn frame_capacity(len: usize) -> usize {
+    len + len / 64 + 256
+}
+
 /// Encodes one chunk of `dtype` elements as a frame appended to `out`.
 ///
 /// Every candidate layout is measured by the coders' size estimates and the smallest

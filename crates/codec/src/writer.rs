@@ -13,7 +13,7 @@ use crate::container::{container_header, manifest_and_trailer, CONTAINER_HEADER_
 use crate::digests::{Batch, DigestWorker};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::frame::{encode_frame, FrameOptions, FrameStats, MAX_CHUNK_BYTES};
+use crate::frame::{encode_frame, frame_capacity, FrameOptions, FrameStats, MAX_CHUNK_BYTES};
 use crate::kv::KvLayout;
 use crate::manifest::{Entry, Manifest, FORMAT_VERSION};
 use crate::safetensors::{self, Header};
@@ -451,7 +451,7 @@ impl<W: Write> FzWriter<W> {
         let frames = jobs
             .par_iter()
             .map(|&(s, off, len)| {
-                let mut out = Vec::with_capacity(len / 2 + 64);
+                let mut out = Vec::with_capacity(frame_capacity(len));
                 let stats = encode_frame(
                     &pending[off..off + len],
                     segments[s].coded_as,
@@ -603,7 +603,10 @@ pub fn compress<R: Read, W: Write>(
 
 /// Compresses a byte slice held in memory.
 pub fn compress_bytes(data: &[u8], opts: EncodeOptions) -> Result<(Vec<u8>, Manifest)> {
-    let mut w = FzWriter::new(Vec::with_capacity(data.len() / 2), opts)?;
+    // Room for the whole container up front: growing a Vec copies it and faults in fresh
+    // pages (a ratio over 1/2, i.e. most files, grew it at least once).
+    let room = frame_capacity(data.len()) + data.len() / 256;
+    let mut w = FzWriter::new(Vec::with_capacity(room), opts)?;
     w.push(data)?;
     w.finish()
 }
