@@ -222,6 +222,9 @@ pub struct FzWriter<W: Write> {
     pending_start: u64,
     /// `None` only once `finish` has taken it.
     digests: Option<DigestWorker>,
+    /// One output buffer per chunk of a batch, kept from batch to batch: fresh buffers of a
+    /// chunk's size faulted in new pages for every batch.
+    frame_bufs: Vec<Vec<u8>>,
     prefix_len: u64,
     segments: Vec<Segment>,
     entries: Vec<EntryBuilder>,
@@ -246,6 +249,7 @@ impl<W: Write> FzWriter<W> {
             pending: Vec::new(),
             pending_start: 0,
             digests: Some(DigestWorker::start()?),
+            frame_bufs: Vec::new(),
             prefix_len: 0,
             segments: Vec::new(),
             entries: Vec::new(),
@@ -448,24 +452,23 @@ impl<W: Write> FzWriter<W> {
         let pending = &self.pending;
         let opts = self.opts.frame;
         let segments = &self.segments;
-        let frames = jobs
+        let mut frames = std::mem::take(&mut self.frame_bufs);
+        frames.resize_with(jobs.len().max(frames.len()), Vec::new);
+        let stats = jobs
             .par_iter()
-            .map(|&(s, off, len)| {
-                let mut out = Vec::with_capacity(frame_capacity(len));
-                let stats = encode_frame(
-                    &pending[off..off + len],
-                    segments[s].coded_as,
-                    &opts,
-                    &mut out,
-                );
-                (out, stats)
+            .zip(frames.par_iter_mut())
+            .map(|(&(s, off, len), out)| {
+                out.clear();
+                out.reserve(frame_capacity(len));
+                encode_frame(&pending[off..off + len], segments[s].coded_as, &opts, out)
             })
             .collect::<Vec<_>>();
-        for (&(s, _, _), (frame, stats)) in jobs.iter().zip(frames) {
+        for ((&(s, _, _), frame), stats) in jobs.iter().zip(&frames).zip(stats) {
             self.enter_segment(s);
-            self.emit(&frame)?;
+            self.emit(frame)?;
             self.entries[s].record(frame.len() as u64, &stats);
         }
+        self.frame_bufs = frames;
         // The batch's original bytes go to the digest thread; what is left over (part of
         // a chunk) starts the next buffer.
         let mut next = self
