@@ -136,6 +136,15 @@ impl Layout {
     /// layouts whose every plane symbol is a function of one byte. Lets the encoder
     /// compare such layouts without splitting the chunk once per candidate.
     pub fn histograms_from_bytes(self, bytes: &Histogram) -> Option<Vec<Histogram>> {
+        let mut out = Vec::new();
+        self.histograms_from_bytes_into(bytes, &mut out)
+            .then_some(out)
+    }
+
+    /// [`Layout::histograms_from_bytes`], appending to `out` (whose spare capacity the
+    /// encoder reuses frame after frame); returns false, appending nothing, for layouts
+    /// it does not apply to.
+    pub fn histograms_from_bytes_into(self, bytes: &Histogram, out: &mut Vec<Histogram>) -> bool {
         let plane = |f: &dyn Fn(usize) -> usize| {
             let mut h = Histogram {
                 counts: [0; 256],
@@ -147,12 +156,12 @@ impl Layout {
             h
         };
         match self {
-            Layout::Bytes => Some(vec![bytes.clone()]),
+            Layout::Bytes => out.push(bytes.clone()),
             Layout::E4m3ExpSm | Layout::E5m2ExpSm => {
                 let m = if self == Layout::E4m3ExpSm { 3 } else { 2 };
                 let exp = plane(&|b| (b & 0x7f) >> m);
                 let sm = plane(&|b| ((b >> 7) << m) | (b & ((1 << m) - 1)));
-                Some(vec![exp, sm])
+                out.extend([exp, sm]);
             }
             Layout::Fp4Codes => {
                 let mut h = plane(&|b| b & 0x0f);
@@ -160,17 +169,28 @@ impl Layout {
                     h.counts[b >> 4] += c;
                 }
                 h.total = bytes.total * 2;
-                Some(vec![h])
+                out.push(h);
             }
-            _ => None,
+            _ => return false,
         }
+        true
     }
 
     /// Splits `chunk` into planes (resized to fit). `chunk.len()` must be a multiple of
     /// [`Layout::unit`]; callers guarantee it because chunk boundaries are cut by unit.
     pub fn split(self, chunk: &[u8], planes: &mut Vec<Vec<u8>>) {
+        let count = self.split_into(chunk, planes);
+        planes.truncate(count);
+    }
+
+    /// [`Layout::split`] into the first planes of `planes`, returning how many; planes past
+    /// those are kept (not freed), so a caller alternating layouts reuses their buffers.
+    pub fn split_into(self, chunk: &[u8], planes: &mut Vec<Vec<u8>>) -> usize {
         let lens = self.plane_lens(chunk.len());
-        planes.resize_with(lens.count, Vec::new);
+        if planes.len() < lens.count {
+            planes.resize_with(lens.count, Vec::new);
+        }
+        let planes = &mut planes[..lens.count];
         for p in planes.iter_mut() {
             p.clear();
             p.resize(lens.symbols, 0);
@@ -185,6 +205,7 @@ impl Layout {
             Layout::E5m2ExpSm => split_fp8(chunk, 2, planes),
             Layout::Fp4Codes => split_fp4(chunk, &mut planes[0]),
         }
+        lens.count
     }
 
     /// Rebuilds the chunk from its planes into `out`. Plane lengths must be those of
