@@ -25,8 +25,10 @@ impl<T: Copy + Default, const N: usize> FixedVec<T, N> {
     /// alphabet); going past it is a bug, reported by a panic as a `Vec` index would be.
     #[inline]
     pub fn push(&mut self, item: T) {
-        assert!(self.len < N, "FixedVec of {N} items is full");
-        self.items[self.len] = item;
+        match self.items.get_mut(self.len) {
+            Some(slot) => *slot = item,
+            None => panic!("FixedVec of {N} items is full"),
+        }
         self.len += 1;
     }
 

@@ -578,14 +578,17 @@ struct Trial {
     /// Index in the candidate list.
     index: usize,
     hists: (usize, usize),
-    bounds: FixedVec<PlaneBounds, MAX_PLANES>,
+    bounds: FixedVec<PlaneBounds, MAX_LAYOUT_PLANES>,
     /// Lower bound on the layout's (penalised) size.
     bound: f64,
     penalty: f64,
 }
 
-/// Most candidate layouts of a dtype.
-const MAX_CANDIDATES: usize = 4;
+/// Most candidate layouts of a dtype ([`Layout::candidates`]).
+const MAX_CANDIDATES: usize = 2;
+/// Most planes of a layout the encoder uses (`ByteSplit(8)`): trials hold their bounds
+/// inline, and are copied and sorted, so they are kept small.
+const MAX_LAYOUT_PLANES: usize = 8;
 
 /// A frame's size from its planes' payload sizes: each plane adds its coder byte and
 /// its length varint.
@@ -657,7 +660,7 @@ fn choose_layout(
         trials.sort_unstable_by(|a, b| a.bound.total_cmp(&b.bound).then(a.index.cmp(&b.index)));
     }
     // (penalised size, candidate index) of the best so far, its trial and size.
-    let mut best: Option<((f64, usize), Trial, usize)> = None;
+    let mut best: Option<((f64, usize), &Trial, usize)> = None;
     for t in trials.iter() {
         if let Some((key, ..)) = &best {
             if (t.bound, t.index) > *key {
@@ -675,7 +678,7 @@ fn choose_layout(
         let size = planes_size(s.choices.iter().map(|c| c.size));
         let key = (size as f64 * t.penalty, t.index);
         if best.as_ref().is_none_or(|(k, ..)| key < *k) {
-            best = Some((key, *t, size));
+            best = Some((key, t, size));
             std::mem::swap(&mut s.choices, &mut s.best_choices);
         }
     }
@@ -722,7 +725,7 @@ fn trial(
     let nibbles = dtype != DType::F4;
     let fp4_bytes = dtype == DType::F4 && layout == Layout::Bytes;
     let planes = &s.hists[hists.0..hists.1];
-    let bounds: FixedVec<PlaneBounds, MAX_PLANES> = planes
+    let bounds: FixedVec<PlaneBounds, MAX_LAYOUT_PLANES> = planes
         .iter()
         .map(|h| PlaneBounds::new(h, nibbles, fp4_bytes))
         .collect();

@@ -34,23 +34,37 @@ impl Histogram {
     /// Planes hold at most a chunk (well under 2^32 symbols), so `u32` counts cannot overflow;
     /// longer inputs are rejected by the frame layer before they get here.
     pub fn of(symbols: &[u8]) -> Self {
+        // Sub-histogram 0 takes a quarter of the symbols plus up to 3 left over.
+        match symbols.len() <= 4 * (u16::MAX as usize - 3) {
+            true => Self::count::<u16>(symbols),
+            false => Self::count::<u32>(symbols),
+        }
+    }
+
+    /// Counts in `C` per sub-histogram: `u16` for planes too short to overflow it (any K/V
+    /// page: half the counters to zero and merge, measured 7 % faster on an FP8 page).
+    #[inline(always)]
+    fn count<C: Copy + Default + std::ops::AddAssign + From<u8> + Into<u32>>(
+        symbols: &[u8],
+    ) -> Self {
         // Four sub-histograms break the store-to-load dependency on runs of equal
         // symbols (an exponent plane is mostly a handful of values). (Reading eight
         // symbols as one word and shifting them out measured no faster.)
-        let mut sub = [[0u32; 256]; 4];
+        let one = C::from(1u8);
+        let mut sub = [[C::default(); 256]; 4];
         let mut quads = symbols.chunks_exact(4);
         for q in &mut quads {
-            sub[0][q[0] as usize] += 1;
-            sub[1][q[1] as usize] += 1;
-            sub[2][q[2] as usize] += 1;
-            sub[3][q[3] as usize] += 1;
+            sub[0][q[0] as usize] += one;
+            sub[1][q[1] as usize] += one;
+            sub[2][q[2] as usize] += one;
+            sub[3][q[3] as usize] += one;
         }
         for &s in quads.remainder() {
-            sub[0][s as usize] += 1;
+            sub[0][s as usize] += one;
         }
         let mut counts = [0u32; 256];
         for (i, c) in counts.iter_mut().enumerate() {
-            *c = sub[0][i] + sub[1][i] + sub[2][i] + sub[3][i];
+            *c = sub[0][i].into() + sub[1][i].into() + sub[2][i].into() + sub[3][i].into();
         }
         Histogram {
             counts,
@@ -187,6 +201,16 @@ mod tests {
         assert_eq!(h.entropy_bits_per_symbol(), 0.0);
         let h = Histogram::of(&[0, 1, 2, 3]);
         assert!((h.entropy_bits_per_symbol() - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn counts_at_the_narrow_counters_limit() {
+        // One value everywhere: each sub-histogram's counter of it is as high as it gets.
+        let limit = 4 * (u16::MAX as usize - 3);
+        for n in [limit - 1, limit, limit + 1, limit + 3] {
+            let h = Histogram::of(&vec![7u8; n]);
+            assert_eq!((h.counts[7] as usize, h.total), (n, n));
+        }
     }
 
     #[test]

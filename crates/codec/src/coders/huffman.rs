@@ -76,6 +76,8 @@ pub fn encoded_size(hist: &Histogram) -> usize {
 pub struct Plan {
     lens: [u8; 256],
     size: usize,
+    /// Bits of the coded symbols.
+    bits: u64,
 }
 
 impl Plan {
@@ -91,12 +93,17 @@ pub fn plan(hist: &Histogram) -> Plan {
         return Plan {
             lens: [0; 256],
             size: 0,
+            bits: 0,
         };
     }
     let lens = code_lengths(hist);
     let table = table_bytes(&lens);
     if hist.distinct() == 1 {
-        return Plan { lens, size: table };
+        return Plan {
+            lens,
+            size: table,
+            bits: 0,
+        };
     }
     let bits: u64 = (0..256)
         .map(|s| hist.counts[s] as u64 * lens[s] as u64)
@@ -104,6 +111,7 @@ pub fn plan(hist: &Histogram) -> Plan {
     Plan {
         lens,
         size: stream_overhead(hist.total) + table + bits.div_ceil(8) as usize,
+        bits,
     }
 }
 
@@ -119,12 +127,29 @@ fn stream_overhead(n: usize) -> usize {
 /// symbols occur, and no prefix code beats the entropy. For a plane of at least two
 /// distinct symbols.
 pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> usize {
-    let mut present = [0u8; 256];
-    for (p, &c) in present.iter_mut().zip(&hist.counts) {
-        *p = (c > 0) as u8;
-    }
     let bits = info_bits_lb.max(0.0).ceil() as u64;
-    stream_overhead(hist.total) + table_bytes(&present) + bits.div_ceil(8) as usize
+    stream_overhead(hist.total) + table_bytes_of_used(&hist.counts) + bits.div_ceil(8) as usize
+}
+
+/// [`table_bytes`] of a code in which exactly the symbols with nonzero `counts` have a
+/// length (the table's size does not depend on which lengths), in one pass: each used
+/// symbol is a nibble, each gap between used symbols its length in nibbles, or 3 from
+/// [`MIN_ZERO_RUN`] on.
+fn table_bytes_of_used(counts: &[u32; 256]) -> usize {
+    let (mut nibbles, mut gap, mut seen) = (0usize, 0usize, false);
+    for &c in counts {
+        if c > 0 {
+            let gap_nibbles = if gap >= MIN_ZERO_RUN { 3 } else { gap };
+            nibbles += 1 + if seen { gap_nibbles } else { 0 };
+            (gap, seen) = (0, true);
+        } else {
+            gap += 1;
+        }
+    }
+    match seen {
+        true => 2 + nibbles.div_ceil(2),
+        false => 0,
+    }
 }
 
 /// Appends a self-contained stream (code-length table, stream sizes, bitstreams) coding
@@ -150,9 +175,7 @@ pub fn encode_planned(symbols: &[u8], hist: &Histogram, plan: &Plan, out: &mut V
     let width = size_width(n, streams);
     let sizes_at = out.len();
     let data_at = sizes_at + (streams - 1) * width;
-    let bits: u64 = (0..256)
-        .map(|s| hist.counts[s] as u64 * lens[s] as u64)
-        .sum();
+    let bits = plan.bits;
     // Every stream ends with a partial byte at worst, and the flushes write 8 bytes at a time
     // (the vector path wants room for a whole block's worst case past where it is).
     let room = bits.div_ceil(8) as usize + streams + 8 + simd::SLACK;
@@ -387,7 +410,13 @@ fn code_lengths(hist: &Histogram) -> [u8; 256] {
     }
     let mut depth = [0u8; 256];
     if !huffman_depths(&weights[..n], &mut depth[..n]) {
-        package_merge(&weights[..n], &mut depth[..n]);
+        // Lists sized by the alphabet: an exponent plane's (a dozen symbols) would spend
+        // more time zeroing 256-symbol lists than merging.
+        match n {
+            ..=16 => package_merge::<30>(&weights[..n], &mut depth[..n]),
+            ..=64 => package_merge::<126>(&weights[..n], &mut depth[..n]),
+            _ => package_merge::<510>(&weights[..n], &mut depth[..n]),
+        }
     }
     for (k, &d) in keys.iter().zip(depth.iter()) {
         lens[(k & 0xFF) as usize] = d;
@@ -434,17 +463,16 @@ fn huffman_depths(w: &[u64], depth: &mut [u8]) -> bool {
     fits
 }
 
-/// Optimal length-limited code lengths for `w` (sorted ascending, 2..=256 weights) by
-/// package-merge.
+/// Optimal length-limited code lengths for `w` (sorted ascending, 2..=256 weights, and
+/// `2 * w.len() - 2 <= CAP`) by package-merge.
 ///
 /// List `d` (depth `d`) merges the leaves with the pairs of list `d + 1`. Taking the first
 /// `2n - 2` items of list 1 and, recursively, the items packed into the chosen packages, a
 /// leaf's code length is the number of lists in which it is chosen. Leaves enter each list
 /// in weight order, so the chosen ones are always the lightest `k_d`: only those counts are
 /// needed, not which package holds what.
-fn package_merge(w: &[u64], lens: &mut [u8]) {
+fn package_merge<const CAP: usize>(w: &[u64], lens: &mut [u8]) {
     const L: usize = MAX_LEN as usize;
-    const CAP: usize = 510;
     let n = w.len();
     let cap = 2 * n - 2;
     let mut is_leaf = [[false; CAP]; L];
@@ -1600,7 +1628,7 @@ mod tests {
         for (expected, mut w) in cases {
             w.sort_unstable();
             let mut lens = vec![0u8; w.len()];
-            package_merge(&w, &mut lens);
+            package_merge::<510>(&w, &mut lens);
             assert_eq!(
                 w.iter()
                     .zip(&lens)
@@ -1622,7 +1650,7 @@ mod tests {
             w.sort_unstable();
             let (mut huff, mut pm) = (vec![0u8; n], vec![0u8; n]);
             let fits = huffman_depths(&w, &mut huff);
-            package_merge(&w, &mut pm);
+            package_merge::<510>(&w, &mut pm);
             let cost = |l: &[u8]| w.iter().zip(l).map(|(&w, &l)| w * l as u64).sum::<u64>();
             let kraft: u32 = pm.iter().map(|&l| 1u32 << (MAX_LEN - l as u32)).sum();
             assert_eq!(kraft, TABLE_SIZE as u32);
@@ -1698,6 +1726,36 @@ mod tests {
                 coded <= entropy * 1.025 + overhead,
                 "{coded} bytes vs entropy {entropy}"
             );
+        }
+    }
+
+    #[test]
+    fn package_merge_list_sizes_agree() {
+        for n in [2usize, 5, 16] {
+            let w: Vec<u64> = (0..n as u64).map(|i| 1 + i * i * i * 37).collect();
+            let (mut a, mut b, mut c) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+            package_merge::<30>(&w, &mut a);
+            package_merge::<126>(&w, &mut b);
+            package_merge::<510>(&w, &mut c);
+            assert_eq!((&a, &b), (&c, &c), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn table_size_from_counts_matches_the_written_table() {
+        let mut x = 7u64;
+        for density in [0u64, 1, 2, 5, 30, 60, 100] {
+            for _ in 0..50 {
+                let mut counts = [0u32; 256];
+                for c in counts.iter_mut() {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    *c = ((x >> 33) % 100 < density) as u32 * (1 + (x >> 50) as u32 % 9);
+                }
+                let present = counts.map(|c| (c > 0) as u8);
+                assert_eq!(table_bytes_of_used(&counts), table_bytes(&present));
+            }
         }
     }
 
