@@ -412,10 +412,13 @@ fn code_lengths(hist: &Histogram) -> [u8; 256] {
     if !huffman_depths(&weights[..n], &mut depth[..n]) {
         // Lists sized by the alphabet: an exponent plane's (a dozen symbols) would spend
         // more time zeroing 256-symbol lists than merging.
-        match n {
-            ..=16 => package_merge::<30>(&weights[..n], &mut depth[..n]),
-            ..=64 => package_merge::<126>(&weights[..n], &mut depth[..n]),
-            _ => package_merge::<510>(&weights[..n], &mut depth[..n]),
+        let (w, d) = (&weights[..n], &mut depth[..n]);
+        if n <= 16 {
+            package_merge::<30>(w, d);
+        } else if n <= 64 {
+            package_merge::<126>(w, d);
+        } else {
+            package_merge::<510>(w, d);
         }
     }
     for (k, &d) in keys.iter().zip(depth.iter()) {
