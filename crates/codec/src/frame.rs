@@ -204,6 +204,9 @@ fn choose_coder(hist: &Histogram, opts: &FrameOptions, nibbles: bool) -> PlaneCh
 /// the two exact estimates that cost nothing.
 #[derive(Clone, Copy, Default)]
 struct PlaneBounds {
+    /// The plane's order-0 entropy ([`Histogram::entropy_bits`]), kept for the frame's
+    /// floor.
+    entropy_bits: f64,
     /// Plane is empty or constant: the bounds below are not computed.
     trivial: bool,
     /// Packed FP4 bytes: rANS also weighs a table of nibble frequencies
@@ -220,8 +223,10 @@ struct PlaneBounds {
 
 impl PlaneBounds {
     fn new(hist: &Histogram, nibbles: bool, fp4_bytes: bool) -> Self {
+        let entropy_bits = hist.entropy_bits();
         if hist.total == 0 || hist.single_symbol().is_some() {
             return PlaneBounds {
+                entropy_bits,
                 trivial: true,
                 fp4_bytes,
                 sparse: None,
@@ -231,7 +236,8 @@ impl PlaneBounds {
                 coded: 0,
             };
         }
-        let info_lb = hist.entropy_bits_lower_bound();
+        // `Histogram::entropy_bits_lower_bound`, from the entropy already worked out.
+        let info_lb = (entropy_bits - hist.total as f64 * 1e-6).max(0.0);
         let sparse = sparse::encoded_size(hist);
         let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
         let (rans, rans_wide) = match fp4_bytes {
@@ -243,6 +249,7 @@ impl PlaneBounds {
             .min(sparse.unwrap_or(usize::MAX))
             .min(nibble.unwrap_or(usize::MAX));
         PlaneBounds {
+            entropy_bits,
             trivial: false,
             fp4_bytes,
             sparse,
@@ -490,7 +497,7 @@ pub fn encode_frame(
             layout.split_into(chunk, &mut s.best_planes);
         }
         let hists = &s.hists[chosen.hists];
-        let floor_bytes = hists.iter().map(|h| h.entropy_bytes()).sum();
+        let floor_bytes = chosen.floor_bytes;
         let byte_hist = match layout {
             Layout::Bytes => hists.first(),
             _ => None,
@@ -605,6 +612,8 @@ struct Chosen {
     size: usize,
     /// Whether `Scratch::planes` holds its split.
     split_done: bool,
+    /// Order-0 entropy of its planes, in bytes ([`FrameStats::floor_bytes`]).
+    floor_bytes: f64,
 }
 
 /// The candidate layout whose planes code smallest by the coders' estimates, with its
@@ -690,13 +699,15 @@ fn choose_layout(
                 hists: t.hists.0..t.hists.1,
                 size,
                 split_done: split == Some(layout),
+                floor_bytes: t.bounds.iter().map(|b| b.entropy_bits / 8.0).sum(),
             }
         }
         None => {
             // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
             let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
             let f4 = dtype == DType::F4;
-            let c = choose_coder_bounded(&h, opts, &PlaneBounds::new(&h, nibbles, f4));
+            let bounds = PlaneBounds::new(&h, nibbles, f4);
+            let c = choose_coder_bounded(&h, opts, &bounds);
             let size = c.size;
             let start = s.hists.len();
             s.hists.push(h);
@@ -707,6 +718,7 @@ fn choose_layout(
                 hists: start..start + 1,
                 size,
                 split_done: false,
+                floor_bytes: bounds.entropy_bits / 8.0,
             }
         }
     }

@@ -96,16 +96,18 @@ pub fn plan(hist: &Histogram) -> Plan {
             bits: 0,
         };
     }
+    // Every pass below covers only the used symbols: an exponent plane's dozen, not 256.
+    let (lo, hi) = used_symbols(hist);
     let lens = code_lengths(hist);
-    let table = table_bytes(&lens);
-    if hist.distinct() == 1 {
+    let table = 2 + length_nibbles(&lens[lo..=hi], &mut [0; 256]).div_ceil(2);
+    if lo == hi {
         return Plan {
             lens,
             size: table,
             bits: 0,
         };
     }
-    let bits: u64 = (0..256)
+    let bits: u64 = (lo..=hi)
         .map(|s| hist.counts[s] as u64 * lens[s] as u64)
         .sum();
     Plan {
@@ -113,6 +115,13 @@ pub fn plan(hist: &Histogram) -> Plan {
         size: stream_overhead(hist.total) + table + bits.div_ceil(8) as usize,
         bits,
     }
+}
+
+/// The smallest and the largest symbol that occur in a nonempty plane.
+fn used_symbols(hist: &Histogram) -> (usize, usize) {
+    let lo = hist.counts.iter().position(|&c| c > 0).unwrap_or(0);
+    let hi = hist.counts.iter().rposition(|&c| c > 0).unwrap_or(lo);
+    (lo, hi)
 }
 
 /// Bytes [`encoded_size`] adds to the table and the coded bits: the stream sizes, and a
@@ -390,7 +399,8 @@ fn code_lengths(hist: &Histogram) -> [u8; 256] {
     // Sort by (count, symbol): the symbol in the low byte makes ties deterministic.
     let mut keys = [0u64; 256];
     let mut n = 0;
-    for (s, &c) in hist.counts.iter().enumerate() {
+    let (lo, hi) = used_symbols(hist);
+    for (s, &c) in hist.counts.iter().enumerate().take(hi + 1).skip(lo) {
         if c > 0 {
             keys[n] = (c as u64) << 8 | s as u64;
             n += 1;
