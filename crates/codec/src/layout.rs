@@ -157,12 +157,8 @@ impl Layout {
         };
         match self {
             Layout::Bytes => out.push(bytes.clone()),
-            Layout::E4m3ExpSm | Layout::E5m2ExpSm => {
-                let m = if self == Layout::E4m3ExpSm { 3 } else { 2 };
-                let exp = plane(&|b| (b & 0x7f) >> m);
-                let sm = plane(&|b| ((b >> 7) << m) | (b & ((1 << m) - 1)));
-                out.extend([exp, sm]);
-            }
+            Layout::E4m3ExpSm => out.extend(fp8_histograms(bytes, 3)),
+            Layout::E5m2ExpSm => out.extend(fp8_histograms(bytes, 2)),
             Layout::Fp4Codes => {
                 let mut h = plane(&|b| b & 0x0f);
                 for (b, &c) in bytes.counts.iter().enumerate() {
@@ -223,6 +219,32 @@ impl Layout {
             Layout::Fp4Codes => merge_fp4(planes[0], out),
         }
     }
+}
+
+/// The exponent and sign|mantissa plane histograms of FP8 bytes with `m` mantissa bits
+/// ([`split_fp8`]'s planes), each count a sum over a run or a stride of byte counts kept in
+/// a register (counting into the planes' tables, consecutive bytes hit the same exponent
+/// and waited on each other's stores).
+fn fp8_histograms(bytes: &Histogram, m: usize) -> [Histogram; 2] {
+    let (mantissas, exponents) = (1usize << m, 128usize >> m);
+    let count = |sign: usize, e: usize, mant: usize| bytes.counts[sign << 7 | e << m | mant];
+    let mut exp = Histogram {
+        counts: [0; 256],
+        total: bytes.total,
+    };
+    let mut sm = exp.clone();
+    for (e, c) in exp.counts[..exponents].iter_mut().enumerate() {
+        *c = (0..2)
+            .flat_map(|sign| (0..mantissas).map(move |mant| (sign, mant)))
+            .map(|(sign, mant)| count(sign, e, mant))
+            .sum();
+    }
+    for sign in 0..2 {
+        for mant in 0..mantissas {
+            sm.counts[sign << m | mant] = (0..exponents).map(|e| count(sign, e, mant)).sum();
+        }
+    }
+    [exp, sm]
 }
 
 /// How many planes a layout makes of a chunk, and how many symbols each holds.

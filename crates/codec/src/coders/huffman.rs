@@ -323,6 +323,7 @@ fn length_nibbles(lens: &[u8], nibbles: &mut [u8; 256]) -> usize {
     n
 }
 
+#[cfg(test)]
 fn table_bytes(lens: &[u8; 256]) -> usize {
     let Some((lo, hi)) = used_range(lens) else {
         return 0;
@@ -606,8 +607,11 @@ mod simd {
         if symbols.len() < 64 || !available() {
             return 0;
         }
-        // SAFETY: the features the kernel is compiled for were detected just above.
-        unsafe { encode_vbmi(symbols, codes, w, out) }
+        // SAFETY: the features the kernels are compiled for were detected just above.
+        match codes.len[64..].iter().all(|&l| l == 0) {
+            true => unsafe { encode_vbmi::<true>(symbols, codes, w, out) },
+            false => unsafe { encode_vbmi::<false>(symbols, codes, w, out) },
+        }
     }
 
     fn available() -> bool {
@@ -640,9 +644,13 @@ mod simd {
         std::array::from_fn(|q| unsafe { _mm512_loadu_si512(bytes.as_ptr().add(64 * q).cast()) })
     }
 
-    /// `t[s]` for each byte `s`: two 128-entry lookups, the top bit choosing.
+    /// `t[s]` for each byte `s`: two 128-entry lookups, the top bit choosing. With
+    /// `NARROW` (every symbol below 64: an exponent plane), one 64-entry lookup.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    fn lookup(t: &Table, s: __m512i) -> __m512i {
+    fn lookup<const NARROW: bool>(t: &Table, s: __m512i) -> __m512i {
+        if NARROW {
+            return _mm512_permutexvar_epi8(s, t[0]);
+        }
         let lo = _mm512_permutex2var_epi8(t[0], s, t[1]);
         let hi = _mm512_permutex2var_epi8(t[2], s, t[3]);
         _mm512_mask_blend_epi8(_mm512_movepi8_mask(s), lo, hi)
@@ -746,9 +754,10 @@ mod simd {
     }
 
     /// # Safety
-    /// AVX-512 F, BW, VBMI and BMI2 must be available.
+    /// AVX-512 F, BW, VBMI and BMI2 must be available, and with `NARROW` no symbol of
+    /// `symbols` may be 64 or more (its lookups would wrap, coding the wrong symbol).
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,bmi2")]
-    unsafe fn encode_vbmi(
+    unsafe fn encode_vbmi<const NARROW: bool>(
         symbols: &[u8],
         codes: &Codes,
         w: &mut StreamWriter,
@@ -778,7 +787,11 @@ mod simd {
             // SAFETY: a 64-byte unaligned load of a 64-byte block.
             let s = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
             let s = _mm512_permutexvar_epi8(order, s);
-            let (len, lo, hi) = (lookup(&len_t, s), lookup(&lo_t, s), lookup(&hi_t, s));
+            let (len, lo, hi) = (
+                lookup::<NARROW>(&len_t, s),
+                lookup::<NARROW>(&lo_t, s),
+                lookup::<NARROW>(&hi_t, s),
+            );
             let (ca, la) = join4(
                 _mm512_unpacklo_epi8(lo, hi),
                 _mm512_unpacklo_epi8(len, zero),
@@ -1781,11 +1794,17 @@ mod tests {
         for (i, s) in random_bytes(4000, 8).into_iter().enumerate() {
             plane[(i / 40) * 200 + i % 40] = s;
         }
+        // Symbols below 64 take the one-register lookups: an exponent plane, and one
+        // reaching 63.
+        let narrow: Vec<u8> = exponent_like(6144, 6).iter().map(|s| s - 110).collect();
+        let edge: Vec<u8> = random_bytes(6144, 9).iter().map(|s| 63 - s % 20).collect();
         for data in [
             plane,
             random_bytes(6144, 3),
             geometric(6144, 0.97, 5),
             exponent_like(6144, 6),
+            narrow,
+            edge,
         ] {
             for n in [64, 65, 127, 128, 2047, 2048, 2049, 6144, data.len()] {
                 round_trip(&data[..n.min(data.len())]);
