@@ -137,27 +137,27 @@ fn stream_overhead(n: usize) -> usize {
 /// distinct symbols.
 pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> usize {
     let bits = info_bits_lb.max(0.0).ceil() as u64;
-    stream_overhead(hist.total) + table_bytes_of_used(&hist.counts) + bits.div_ceil(8) as usize
+    stream_overhead(hist.total) + table_bytes_of_used(hist) + bits.div_ceil(8) as usize
 }
 
 /// [`table_bytes`] of a code in which exactly the symbols with nonzero `counts` have a
 /// length (the table's size does not depend on which lengths), in one pass: each used
 /// symbol is a nibble, each gap between used symbols its length in nibbles, or 3 from
 /// [`MIN_ZERO_RUN`] on.
-fn table_bytes_of_used(counts: &[u32; 256]) -> usize {
-    let (mut nibbles, mut gap, mut seen) = (0usize, 0usize, false);
-    for &c in counts {
-        if c > 0 {
-            let gap_nibbles = if gap >= MIN_ZERO_RUN { 3 } else { gap };
-            nibbles += 1 + if seen { gap_nibbles } else { 0 };
-            (gap, seen) = (0, true);
-        } else {
-            gap += 1;
+fn table_bytes_of_used(hist: &Histogram) -> usize {
+    let (mut nibbles, mut prev) = (0usize, None);
+    for (w, mut word) in hist.presence().into_iter().enumerate() {
+        while word != 0 {
+            let s = 64 * w + word.trailing_zeros() as usize;
+            word &= word - 1;
+            let gap = prev.map_or(0, |p| s - p - 1);
+            nibbles += 1 + if gap >= MIN_ZERO_RUN { 3 } else { gap };
+            prev = Some(s);
         }
     }
-    match seen {
-        true => 2 + nibbles.div_ceil(2),
-        false => 0,
+    match prev {
+        Some(_) => 2 + nibbles.div_ceil(2),
+        None => 0,
     }
 }
 
@@ -1780,7 +1780,11 @@ mod tests {
                     *c = ((x >> 33) % 100 < density) as u32 * (1 + (x >> 50) as u32 % 9);
                 }
                 let present = counts.map(|c| (c > 0) as u8);
-                assert_eq!(table_bytes_of_used(&counts), table_bytes(&present));
+                let hist = Histogram {
+                    counts,
+                    total: counts.iter().sum::<u32>() as usize,
+                };
+                assert_eq!(table_bytes_of_used(&hist), table_bytes(&present));
             }
         }
     }

@@ -289,12 +289,13 @@ pub fn decode(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
 /// payload estimate grows with the information and with the lanes, which grow with it.
 /// A wide plan has at least `EIGHT_LANES_BELOW_BYTES` of information and 32 lanes.
 pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> (usize, usize) {
-    let (mut distinct, mut runs, mut prev) = (0usize, 0usize, false);
-    for &c in &hist.counts {
-        let here = c > 0;
-        distinct += here as usize;
-        runs += (here && !prev) as usize;
-        prev = here;
+    // Distinct symbols, and runs of consecutive ones (a run starts at a symbol whose
+    // predecessor is absent), counted on the set of present symbols.
+    let (mut distinct, mut runs, mut carry) = (0usize, 0usize, 0u64);
+    for word in hist.presence() {
+        distinct += word.count_ones() as usize;
+        runs += (word & !(word << 1 | carry)).count_ones() as usize;
+        carry = word >> 63;
     }
     let set = if symbols_as_list(distinct, runs) {
         distinct
@@ -2389,6 +2390,40 @@ mod tests {
         decode_checked(&stream, &mut out).unwrap();
         assert!(out == symbols);
         stream
+    }
+
+    #[test]
+    fn size_bound_counts_symbols_and_runs_as_a_plain_loop() {
+        let mut rng = Rng(77);
+        for density in [1u64, 3, 10, 50, 90, 100] {
+            for _ in 0..40 {
+                let mut hist = Histogram {
+                    counts: [0; 256],
+                    total: 0,
+                };
+                for c in hist.counts.iter_mut() {
+                    *c = (rng.next() % 100 < density) as u32 * 3;
+                    hist.total += *c as usize;
+                }
+                // The loop the bound used before counting on the presence set.
+                let (mut distinct, mut runs, mut prev) = (0usize, 0usize, false);
+                for &c in &hist.counts {
+                    let here = c > 0;
+                    distinct += here as usize;
+                    runs += (here && !prev) as usize;
+                    prev = here;
+                }
+                let set = if symbols_as_list(distinct, runs) {
+                    distinct
+                } else {
+                    2 * runs
+                };
+                let table = 1 + set + (4 * distinct.saturating_sub(1)).div_ceil(8);
+                let info = 1000.0;
+                let any = 1 + table + payload_bytes(info, lanes_for(info)).round() as usize;
+                assert_eq!(encoded_size_bound(&hist, info).0, any);
+            }
+        }
     }
 
     #[test]
