@@ -744,13 +744,90 @@ mod simd {
         }
     }
 
-    /// Stores a vector's eight 64-bit lanes.
-    #[target_feature(enable = "avx512f")]
-    fn lanes(v: __m512i) -> [u64; 8] {
-        let mut a = [0u64; 8];
-        // SAFETY: a 64-byte unaligned store into a 64-byte array.
-        unsafe { _mm512_storeu_si512(a.as_mut_ptr().cast(), v) };
-        a
+    /// One block's codes joined for the writer: `steps` (8 or 16) codes and lengths.
+    struct Joined {
+        c: [u64; 16],
+        l: [u64; 16],
+        steps: usize,
+    }
+
+    /// The lookup tables and constant vectors of one plane's code.
+    struct Kernel {
+        len: Table,
+        lo: Table,
+        hi: Table,
+        order: __m512i,
+        even: __m512i,
+        odd: __m512i,
+        max_joined: __m512i,
+    }
+
+    impl Kernel {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+        fn new(codes: &Codes) -> Self {
+            let code_lo = codes.code.map(|c| c as u8);
+            let code_hi = codes.code.map(|c| (c >> 8) as u8);
+            Kernel {
+                len: table(&codes.len),
+                lo: table(&code_lo),
+                hi: table(&code_hi),
+                // SAFETY: a 64-byte unaligned load of a 64-byte array.
+                order: unsafe { _mm512_loadu_si512(ORDER.as_ptr().cast()) },
+                even: _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0),
+                odd: _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1),
+                max_joined: _mm512_set1_epi64(MAX_JOINED_BITS as i64),
+            }
+        }
+
+        /// The joined codes of 64 symbols: eight codes of eight symbols where all fit
+        /// [`MAX_JOINED_BITS`] (low-entropy planes always do: half the steps on the
+        /// writer's dependency chain), else sixteen of four.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+        fn join_block<const NARROW: bool>(&self, block: &[u8; 64]) -> Joined {
+            // SAFETY: a 64-byte unaligned load of a 64-byte block.
+            let s = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+            let s = _mm512_permutexvar_epi8(self.order, s);
+            let len = lookup::<NARROW>(&self.len, s);
+            let (lo, hi) = (lookup::<NARROW>(&self.lo, s), lookup::<NARROW>(&self.hi, s));
+            let zero = _mm512_setzero_si512();
+            let (ca, la) = join4(
+                _mm512_unpacklo_epi8(lo, hi),
+                _mm512_unpacklo_epi8(len, zero),
+            );
+            let (cb, lb) = join4(
+                _mm512_unpackhi_epi8(lo, hi),
+                _mm512_unpackhi_epi8(len, zero),
+            );
+            let l_odd = _mm512_permutex2var_epi64(la, self.odd, lb);
+            let l8 = _mm512_add_epi64(_mm512_permutex2var_epi64(la, self.even, lb), l_odd);
+            let mut j = Joined {
+                c: [0; 16],
+                l: [0; 16],
+                steps: 16,
+            };
+            let (c, l) = (
+                j.c.as_mut_ptr().cast::<__m512i>(),
+                j.l.as_mut_ptr().cast::<__m512i>(),
+            );
+            // SAFETY: 64-byte unaligned stores into the first or second half of 16-word
+            // arrays.
+            unsafe {
+                if _mm512_cmpgt_epu64_mask(l8, self.max_joined) == 0 {
+                    let c_even = _mm512_permutex2var_epi64(ca, self.even, cb);
+                    let c_odd = _mm512_permutex2var_epi64(ca, self.odd, cb);
+                    let c8 = _mm512_or_si512(_mm512_sllv_epi64(c_even, l_odd), c_odd);
+                    _mm512_storeu_si512(c, c8);
+                    _mm512_storeu_si512(l, l8);
+                    j.steps = 8;
+                } else {
+                    _mm512_storeu_si512(c, ca);
+                    _mm512_storeu_si512(l, la);
+                    _mm512_storeu_si512(c.add(1), cb);
+                    _mm512_storeu_si512(l.add(1), lb);
+                }
+            }
+            j
+        }
     }
 
     /// # Safety
@@ -763,58 +840,34 @@ mod simd {
         w: &mut StreamWriter,
         out: &mut [u8],
     ) -> usize {
-        let code_lo = codes.code.map(|c| c as u8);
-        let code_hi = codes.code.map(|c| (c >> 8) as u8);
-        let (len_t, lo_t, hi_t) = (table(&codes.len), table(&code_lo), table(&code_hi));
-        // SAFETY: a 64-byte unaligned load of a 64-byte array.
-        let order = unsafe { _mm512_loadu_si512(ORDER.as_ptr().cast()) };
-        let zero = _mm512_setzero_si512();
-        let even = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
-        let odd = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
-        let max_joined = _mm512_set1_epi64(MAX_JOINED_BITS as i64);
+        let kernel = Kernel::new(codes);
         let mut b = Bits {
             acc: w.acc,
             nacc: w.nacc,
             pos: w.pos,
         };
+        let (mut blocks, _) = symbols.as_chunks::<64>();
         let mut done = 0;
-        for block in symbols.chunks_exact(64) {
-            // The stores write 8 bytes from `pos`, which this block moves by at most
+        // Software-pipelined: the next block's lookups and joins come before this block's
+        // writes, so they overlap the writer's dependency chain instead of waiting behind
+        // it (a block's vector work is a long chain of its own).
+        let mut next = blocks.split_first().map(|(block, rest)| {
+            blocks = rest;
+            kernel.join_block::<NARROW>(block)
+        });
+        while let Some(cur) = next {
+            // The stores write 8 bytes from `pos`, which a block moves by at most
             // BLOCK_BYTES: checked once here instead of at every store.
             if b.pos + BLOCK_BYTES + 8 > out.len() {
                 break;
             }
-            // SAFETY: a 64-byte unaligned load of a 64-byte block.
-            let s = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
-            let s = _mm512_permutexvar_epi8(order, s);
-            let (len, lo, hi) = (
-                lookup::<NARROW>(&len_t, s),
-                lookup::<NARROW>(&lo_t, s),
-                lookup::<NARROW>(&hi_t, s),
-            );
-            let (ca, la) = join4(
-                _mm512_unpacklo_epi8(lo, hi),
-                _mm512_unpacklo_epi8(len, zero),
-            );
-            let (cb, lb) = join4(
-                _mm512_unpackhi_epi8(lo, hi),
-                _mm512_unpackhi_epi8(len, zero),
-            );
-            // Eight symbols per step where all eight-symbol codes fit (low-entropy planes
-            // always do): half the steps on the writer's dependency chain.
-            let l_odd = _mm512_permutex2var_epi64(la, odd, lb);
-            let l8 = _mm512_add_epi64(_mm512_permutex2var_epi64(la, even, lb), l_odd);
-            // SAFETY (both arms): the check above leaves BLOCK_BYTES + 8 bytes from `pos`,
-            // and 64 symbols' codes take at most BLOCK_BYTES.
-            if _mm512_cmpgt_epu64_mask(l8, max_joined) == 0 {
-                let c_even = _mm512_permutex2var_epi64(ca, even, cb);
-                let c_odd = _mm512_permutex2var_epi64(ca, odd, cb);
-                let c8 = _mm512_or_si512(_mm512_sllv_epi64(c_even, l_odd), c_odd);
-                unsafe { b.put(&lanes(c8), &lanes(l8), out) };
-            } else {
-                unsafe { b.put(&lanes(ca), &lanes(la), out) };
-                unsafe { b.put(&lanes(cb), &lanes(lb), out) };
-            }
+            next = blocks.split_first().map(|(block, rest)| {
+                blocks = rest;
+                kernel.join_block::<NARROW>(block)
+            });
+            // SAFETY: the check above leaves BLOCK_BYTES + 8 bytes from `pos`, and 64
+            // symbols' codes take at most BLOCK_BYTES.
+            unsafe { b.put(&cur.c[..cur.steps], &cur.l[..cur.steps], out) };
             done += 64;
         }
         (w.acc, w.nacc, w.pos) = (b.acc, b.nacc, b.pos);
