@@ -10,10 +10,13 @@
 
 use std::cell::RefCell;
 
+use std::ops::Range;
+
 use crate::coders::{huffman, nibble, rans, sparse, Histogram};
 use crate::dtype::DType;
+use crate::fixed::FixedVec;
 use crate::layout::Layout;
-use crate::wire::{put_varint, Cursor};
+use crate::wire::{put_varint, varint, Cursor};
 
 /// First byte of every frame.
 pub const FRAME_TAG: u8 = 0xF7;
@@ -21,11 +24,14 @@ pub const FRAME_TAG: u8 = 0xF7;
 pub const MAX_CHUNK_BYTES: usize = 64 << 20;
 /// Largest frame body: a chunk coded raw plus per-plane headers, with room to spare.
 pub const MAX_BODY_BYTES: usize = MAX_CHUNK_BYTES + 4096;
+/// Most planes a frame holds (decoders reject more; layouts have at most 8).
+pub const MAX_PLANES: usize = 16;
 
 /// The entropy coder of one plane in one frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Coder {
     /// Symbols stored as they are.
+    #[default]
     Raw,
     /// Every symbol is the same: the payload is that one byte.
     Constant,
@@ -123,8 +129,8 @@ impl Default for FrameOptions {
 pub struct FrameStats {
     /// The layout used.
     pub layout: Layout,
-    /// The coder of each plane.
-    pub coders: Vec<Coder>,
+    /// The coder of each plane (inline: reporting them costs no allocation).
+    pub coders: FixedVec<Coder, MAX_PLANES>,
     /// Order-0 entropy of the chosen layout's planes, in bytes: the floor for this chunk
     /// (for FP4 chunks of 64 KiB and more, of the sampled histogram they were planned
     /// with: within about 0.1 % of the exact floor).
@@ -144,10 +150,19 @@ fn corrupt(reason: impl Into<String>) -> FrameError {
     FrameError::Corrupt(reason.into())
 }
 
+/// Per-thread buffers of the frame coder. Every `Vec` here only grows (cleared, never
+/// freed), so coding frames of sizes seen before allocates nothing.
 #[derive(Default)]
 struct Scratch {
     planes: Vec<Vec<u8>>,
     best_planes: Vec<Vec<u8>>,
+    /// The coded payloads of a frame's planes, back to back.
+    payload: Vec<u8>,
+    /// The planes' histograms of every candidate layout, one layout after the other.
+    hists: Vec<Histogram>,
+    /// Coder choices for the layout being evaluated, and for the best one so far.
+    choices: Vec<PlaneChoice>,
+    best_choices: Vec<PlaneChoice>,
 }
 
 thread_local! {
@@ -189,7 +204,11 @@ fn choose_coder(hist: &Histogram, opts: &FrameOptions, nibbles: bool) -> PlaneCh
 
 /// What the coder choice starts from: cheap lower bounds on each coder's estimate, and
 /// the two exact estimates that cost nothing.
+#[derive(Clone, Copy, Default)]
 struct PlaneBounds {
+    /// The plane's order-0 entropy ([`Histogram::entropy_bits`]), kept for the frame's
+    /// floor.
+    entropy_bits: f64,
     /// Plane is empty or constant: the bounds below are not computed.
     trivial: bool,
     /// Packed FP4 bytes: rANS also weighs a table of nibble frequencies
@@ -206,8 +225,10 @@ struct PlaneBounds {
 
 impl PlaneBounds {
     fn new(hist: &Histogram, nibbles: bool, fp4_bytes: bool) -> Self {
+        let entropy_bits = hist.entropy_bits();
         if hist.total == 0 || hist.single_symbol().is_some() {
             return PlaneBounds {
+                entropy_bits,
                 trivial: true,
                 fp4_bytes,
                 sparse: None,
@@ -217,7 +238,8 @@ impl PlaneBounds {
                 coded: 0,
             };
         }
-        let info_lb = hist.entropy_bits_lower_bound();
+        // `Histogram::entropy_bits_lower_bound`, from the entropy already worked out.
+        let info_lb = (entropy_bits - hist.total as f64 * 1e-6).max(0.0);
         let sparse = sparse::encoded_size(hist);
         let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
         let (rans, rans_wide) = match fp4_bytes {
@@ -229,6 +251,7 @@ impl PlaneBounds {
             .min(sparse.unwrap_or(usize::MAX))
             .min(nibble.unwrap_or(usize::MAX));
         PlaneBounds {
+            entropy_bits,
             trivial: false,
             fp4_bytes,
             sparse,
@@ -466,67 +489,91 @@ pub fn encode_frame(
     out: &mut Vec<u8>,
 ) -> FrameStats {
     SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let Scratch {
-            planes,
-            best_planes,
-        } = &mut *s;
+        let s = &mut *s.borrow_mut();
         let candidates = if chunk.len() < 64 {
             // Per-plane headers outweigh any gain from splitting a few elements.
             &[Layout::Bytes][..]
         } else {
             Layout::candidates(dtype)
         };
-        let (layout, choices, hists, size, split_done) =
-            choose_layout(chunk, dtype, candidates, opts, planes);
+        let chosen = choose_layout(chunk, dtype, candidates, opts, s);
+        let layout = chosen.layout;
         if layout == Layout::Bytes {
             // The one plane is the chunk itself: no copy.
-            best_planes.clear();
-        } else if split_done {
-            std::mem::swap(planes, best_planes);
+        } else if chosen.split_done {
+            std::mem::swap(&mut s.planes, &mut s.best_planes);
         } else {
-            layout.split(chunk, best_planes);
+            layout.split_into(chunk, &mut s.best_planes);
         }
-        let floor_bytes = hists.iter().map(|h| h.entropy_bytes()).sum();
+        let hists = &s.hists[chosen.hists];
+        let floor_bytes = chosen.floor_bytes;
         let byte_hist = match layout {
             Layout::Bytes => hists.first(),
             _ => None,
         };
         if looks_repetitive(chunk, byte_hist) {
-            if let Ok(z) = zstd::bulk::compress(chunk, opts.zstd_level) {
-                if z.len() + 8 < size {
-                    let coders = vec![Coder::Zstd];
-                    let parts = [(Coder::Zstd, z.len())];
-                    write_frame(out, chunk, Layout::Bytes, &parts, |_, out| {
-                        out.extend_from_slice(&z)
-                    });
-                    let floor_bytes = match byte_hist {
-                        Some(h) => h.entropy_bytes(),
-                        None => Histogram::of(chunk).entropy_bytes(),
-                    };
-                    return FrameStats {
-                        layout: Layout::Bytes,
-                        coders,
-                        floor_bytes,
-                    };
-                }
+            if let Some(stats) = encode_zstd(chunk, opts, chosen.size, byte_hist, out) {
+                return stats;
             }
         }
-        let plane_refs: Vec<&[u8]> = if layout == Layout::Bytes {
-            vec![chunk]
-        } else {
-            best_planes.iter().map(|p| p.as_slice()).collect()
+        let choices = &s.best_choices;
+        let plane_refs: FixedVec<&[u8], MAX_PLANES> = match layout {
+            Layout::Bytes => [chunk].into_iter().collect(),
+            _ => s.best_planes[..choices.len()]
+                .iter()
+                .map(Vec::as_slice)
+                .collect(),
         };
-        let parts: Vec<(Coder, usize)> = choices.iter().map(|c| (c.coder, c.size)).collect();
-        write_frame(out, chunk, layout, &parts, |i, out| {
-            encode_plane(plane_refs[i], &hists[i], &choices[i], out)
-        });
-        let coders = choices.iter().map(|c| c.coder).collect();
+        s.payload.clear();
+        let mut ends = FixedVec::<usize, MAX_PLANES>::new();
+        for ((plane, choice), hist) in plane_refs.iter().zip(choices).zip(hists) {
+            encode_plane(plane, hist, choice, &mut s.payload);
+            ends.push(s.payload.len());
+        }
+        let payload = &s.payload;
+        let parts: FixedVec<(Coder, &[u8]), MAX_PLANES> = choices
+            .iter()
+            .zip(&plane_refs)
+            .enumerate()
+            .map(|(i, (c, plane))| match c.coder {
+                Coder::Raw => (c.coder, *plane),
+                _ => (
+                    c.coder,
+                    &payload[if i == 0 { 0 } else { ends[i - 1] }..ends[i]],
+                ),
+            })
+            .collect();
+        write_frame(out, chunk, layout, &parts);
         FrameStats {
             layout,
-            coders,
+            coders: choices.iter().map(|c| c.coder).collect(),
             floor_bytes,
         }
+    })
+}
+
+/// Codes `chunk` with zstd as one frame if that beats `size` (the planes' estimate) by
+/// more than the frame's extra bytes; `None` (nothing written) otherwise.
+fn encode_zstd(
+    chunk: &[u8],
+    opts: &FrameOptions,
+    size: usize,
+    byte_hist: Option<&Histogram>,
+    out: &mut Vec<u8>,
+) -> Option<FrameStats> {
+    let z = zstd::bulk::compress(chunk, opts.zstd_level).ok()?;
+    if z.len() + 8 >= size {
+        return None;
+    }
+    write_frame(out, chunk, Layout::Bytes, &[(Coder::Zstd, &z[..])]);
+    let floor_bytes = match byte_hist {
+        Some(h) => h.entropy_bytes(),
+        None => Histogram::of(chunk).entropy_bytes(),
+    };
+    Some(FrameStats {
+        layout: Layout::Bytes,
+        coders: [Coder::Zstd].into_iter().collect(),
+        floor_bytes,
     })
 }
 
@@ -540,16 +587,24 @@ const SMALL_CHUNK_BYTES: usize = 64 << 10;
 /// See [`SMALL_CHUNK_BYTES`].
 const SMALL_BYTES_LAYOUT_MARGIN: f64 = 0.005;
 
-/// A candidate layout's planes: their histograms and coder bounds.
+/// A candidate layout's planes: their histograms (a range of `Scratch::hists`) and coder
+/// bounds.
+#[derive(Clone, Copy, Default)]
 struct Trial {
+    /// Index in the candidate list.
     index: usize,
-    layout: Layout,
-    hists: Vec<Histogram>,
-    bounds: Vec<PlaneBounds>,
+    hists: (usize, usize),
+    bounds: FixedVec<PlaneBounds, MAX_LAYOUT_PLANES>,
     /// Lower bound on the layout's (penalised) size.
     bound: f64,
     penalty: f64,
 }
+
+/// Most candidate layouts of a dtype ([`Layout::candidates`]).
+const MAX_CANDIDATES: usize = 2;
+/// Most planes of a layout the encoder uses (`ByteSplit(8)`): trials hold their bounds
+/// inline, and are copied and sorted, so they are kept small.
+const MAX_LAYOUT_PLANES: usize = 8;
 
 /// A frame's size from its planes' payload sizes: each plane adds its coder byte and
 /// its length varint.
@@ -557,9 +612,23 @@ fn planes_size(sizes: impl Iterator<Item = usize>) -> usize {
     sizes.map(|s| s + 1 + varint_len(s)).sum()
 }
 
+/// The layout [`choose_layout`] picked; its coder choices are in `Scratch::best_choices`.
+struct Chosen {
+    layout: Layout,
+    /// Its planes' histograms, in `Scratch::hists`.
+    hists: Range<usize>,
+    /// Estimated size of its planes.
+    size: usize,
+    /// Whether `Scratch::planes` holds its split.
+    split_done: bool,
+    /// Order-0 entropy of its planes, in bytes ([`FrameStats::floor_bytes`]).
+    floor_bytes: f64,
+}
+
 /// The candidate layout whose planes code smallest by the coders' estimates, with its
-/// coder choices, plane histograms, estimated size, and whether `planes` holds its split.
-/// Layouts whose planes derive from the byte histogram are compared without splitting.
+/// coder choices (left in `s.best_choices`), plane histograms (in `s.hists`), estimated
+/// size, and whether `s.planes` holds its split. Layouts whose planes derive from the byte
+/// histogram are compared without splitting.
 ///
 /// With several candidates (FP8, FP4), each layout's size is first bounded from below
 /// (`PlaneBounds::chosen`), and layouts are evaluated cheapest bound first; one whose
@@ -571,32 +640,28 @@ fn choose_layout(
     dtype: DType,
     candidates: &[Layout],
     opts: &FrameOptions,
-    planes: &mut Vec<Vec<u8>>,
-) -> LayoutChoice {
+    s: &mut Scratch,
+) -> Chosen {
     if dtype == DType::F4 && chunk.len() >= SAMPLED_HISTOGRAM_MIN_BYTES {
         if let Some(sampled) = Histogram::sampled(chunk) {
-            let choice = choose_layout_with(chunk, dtype, candidates, opts, planes, Some(sampled));
+            let chosen = choose_layout_with(chunk, dtype, candidates, opts, s, Some(sampled));
             // Only rANS (which codes any symbol with a nonzero count) and raw take an
             // estimated histogram; anything else is chosen again on the exact one.
-            if choice
-                .1
+            let estimate_ok = s
+                .best_choices
                 .iter()
-                .all(|c| matches!(c.coder, Coder::Rans | Coder::Raw))
-            {
-                return choice;
+                .all(|c| matches!(c.coder, Coder::Rans | Coder::Raw));
+            if estimate_ok {
+                return chosen;
             }
         }
     }
-    choose_layout_with(chunk, dtype, candidates, opts, planes, None)
+    choose_layout_with(chunk, dtype, candidates, opts, s, None)
 }
 
 /// FP4 chunks at least this long are planned from a sampled byte histogram
 /// ([`Histogram::sampled`]): counting all of a chunk's bytes was a quarter of FP4 encoding.
 const SAMPLED_HISTOGRAM_MIN_BYTES: usize = 64 << 10;
-
-/// What [`choose_layout`] picked: the layout, its planes' coders, their histograms, the
-/// estimated frame size, and whether `planes` holds the layout's split.
-type LayoutChoice = (Layout, Vec<PlaneChoice>, Vec<Histogram>, usize, bool);
 
 /// [`choose_layout`], with the chunk's byte histogram given (`byte_hist`) or counted here.
 fn choose_layout_with(
@@ -604,99 +669,138 @@ fn choose_layout_with(
     dtype: DType,
     candidates: &[Layout],
     opts: &FrameOptions,
-    planes: &mut Vec<Vec<u8>>,
+    s: &mut Scratch,
     mut byte_hist: Option<Histogram>,
-) -> LayoutChoice {
+) -> Chosen {
     // FP4 chunks keep the coders they had (no nibble coder).
     let nibbles = dtype != DType::F4;
-    let fp8_split = candidates
-        .iter()
-        .any(|l| matches!(l, Layout::E4m3ExpSm | Layout::E5m2ExpSm));
     let mut split: Option<Layout> = None;
-    let mut trials: Vec<Trial> = Vec::with_capacity(candidates.len());
+    s.hists.clear();
+    let mut trials = FixedVec::<Trial, MAX_CANDIDATES>::new();
     for (index, &layout) in candidates.iter().enumerate() {
         if !chunk.len().is_multiple_of(layout.unit()) {
             continue;
         }
-        let derived = match layout.derives_from_bytes() {
-            true => {
-                layout.histograms_from_bytes(byte_hist.get_or_insert_with(|| Histogram::of(chunk)))
-            }
-            false => None,
-        };
-        let hists: Vec<Histogram> = derived.unwrap_or_else(|| {
-            layout.split(chunk, planes);
+        let start = s.hists.len();
+        let derived = layout.derives_from_bytes()
+            && layout.histograms_from_bytes_into(
+                byte_hist.get_or_insert_with(|| Histogram::of(chunk)),
+                &mut s.hists,
+            );
+        if !derived {
+            let count = layout.split_into(chunk, &mut s.planes);
             split = Some(layout);
-            planes.iter().map(|p| Histogram::of(p)).collect()
-        });
-        let fp4_bytes = dtype == DType::F4 && layout == Layout::Bytes;
-        let bounds: Vec<PlaneBounds> = hists
-            .iter()
-            .map(|h| PlaneBounds::new(h, nibbles, fp4_bytes))
-            .collect();
-        let penalty = match fp8_split && layout == Layout::Bytes && chunk.len() < SMALL_CHUNK_BYTES
-        {
-            true => 1.0 + SMALL_BYTES_LAYOUT_MARGIN,
-            false => 1.0,
-        };
-        let bound = planes_size(bounds.iter().zip(&hists).map(|(b, h)| b.chosen(h))) as f64;
-        trials.push(Trial {
+            s.hists
+                .extend(s.planes[..count].iter().map(|p| Histogram::of(p)));
+        }
+        trials.push(trial(
+            chunk,
+            dtype,
+            candidates,
             index,
-            layout,
-            hists,
-            bounds,
-            bound: bound * penalty,
-            penalty,
-        });
+            (start, s.hists.len()),
+            s,
+        ));
     }
     if trials.len() > 1 {
-        trials.sort_by(|a, b| a.bound.total_cmp(&b.bound).then(a.index.cmp(&b.index)));
+        // Keys are distinct (the index breaks ties): unstable sorting is deterministic.
+        trials.sort_unstable_by(|a, b| a.bound.total_cmp(&b.bound).then(a.index.cmp(&b.index)));
     }
-    // (penalised size, candidate index) of the best so far; smaller wins.
-    type Best = (
-        (f64, usize),
-        Layout,
-        Vec<PlaneChoice>,
-        Vec<Histogram>,
-        usize,
-    );
-    let mut best: Option<Best> = None;
-    for t in trials {
+    // (penalised size, candidate index) of the best so far, its trial and size.
+    let mut best: Option<((f64, usize), &Trial, usize)> = None;
+    for t in trials.iter() {
         if let Some((key, ..)) = &best {
             if (t.bound, t.index) > *key {
                 continue;
             }
         }
-        let choices: Vec<PlaneChoice> = t
-            .hists
-            .iter()
-            .zip(&t.bounds)
-            .map(|(h, b)| choose_coder_bounded(h, opts, b))
-            .collect();
-        let size = planes_size(choices.iter().map(|c| c.size));
+        s.choices.clear();
+        let hists = &s.hists[t.hists.0..t.hists.1];
+        s.choices.extend(
+            hists
+                .iter()
+                .zip(t.bounds.iter())
+                .map(|(h, b)| choose_coder_bounded(h, opts, b)),
+        );
+        let size = planes_size(s.choices.iter().map(|c| c.size));
         let key = (size as f64 * t.penalty, t.index);
         if best.as_ref().is_none_or(|(k, ..)| key < *k) {
-            best = Some((key, t.layout, choices, t.hists, size));
+            best = Some((key, t, size));
+            std::mem::swap(&mut s.choices, &mut s.best_choices);
         }
     }
-    let (layout, choices, hists, size) = match best {
-        Some((_, layout, choices, hists, size)) => (layout, choices, hists, size),
+    match best {
+        Some((_, t, size)) => {
+            let layout = candidates[t.index];
+            Chosen {
+                layout,
+                hists: t.hists.0..t.hists.1,
+                size,
+                split_done: split == Some(layout),
+                floor_bytes: t.bounds.iter().map(|b| b.entropy_bits / 8.0).sum(),
+            }
+        }
         None => {
             // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
             let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
             let f4 = dtype == DType::F4;
-            let c = choose_coder_bounded(&h, opts, &PlaneBounds::new(&h, nibbles, f4));
+            let bounds = PlaneBounds::new(&h, nibbles, f4);
+            let c = choose_coder_bounded(&h, opts, &bounds);
             let size = c.size;
-            (Layout::Bytes, vec![c], vec![h], size)
+            let start = s.hists.len();
+            s.hists.push(h);
+            s.best_choices.clear();
+            s.best_choices.push(c);
+            Chosen {
+                layout: Layout::Bytes,
+                hists: start..start + 1,
+                size,
+                split_done: false,
+                floor_bytes: bounds.entropy_bits / 8.0,
+            }
         }
-    };
-    (layout, choices, hists, size, split == Some(layout))
+    }
 }
 
-/// Appends one plane's payload to `out`.
+/// The bounds of candidate `index`, whose planes' histograms are `s.hists[hists]`.
+fn trial(
+    chunk: &[u8],
+    dtype: DType,
+    candidates: &[Layout],
+    index: usize,
+    hists: (usize, usize),
+    s: &Scratch,
+) -> Trial {
+    let layout = candidates[index];
+    let nibbles = dtype != DType::F4;
+    let fp4_bytes = dtype == DType::F4 && layout == Layout::Bytes;
+    let planes = &s.hists[hists.0..hists.1];
+    let bounds: FixedVec<PlaneBounds, MAX_LAYOUT_PLANES> = planes
+        .iter()
+        .map(|h| PlaneBounds::new(h, nibbles, fp4_bytes))
+        .collect();
+    let fp8_split = candidates
+        .iter()
+        .any(|l| matches!(l, Layout::E4m3ExpSm | Layout::E5m2ExpSm));
+    let penalty = match fp8_split && layout == Layout::Bytes && chunk.len() < SMALL_CHUNK_BYTES {
+        true => 1.0 + SMALL_BYTES_LAYOUT_MARGIN,
+        false => 1.0,
+    };
+    let bound = planes_size(bounds.iter().zip(planes).map(|(b, h)| b.chosen(h))) as f64;
+    Trial {
+        index,
+        hists,
+        bounds,
+        bound: bound * penalty,
+        penalty,
+    }
+}
+
+/// Appends one plane's payload to `out` (nothing for raw planes: they are copied from the
+/// plane itself).
 fn encode_plane(plane: &[u8], hist: &Histogram, choice: &PlaneChoice, out: &mut Vec<u8>) {
     match (choice.coder, &choice.rans) {
-        (Coder::Raw, _) => out.extend_from_slice(plane),
+        (Coder::Raw, _) => {}
         (Coder::Constant, _) => out.push(plane[0]),
         (Coder::Huffman, _) => match &choice.huffman {
             Some(plan) => huffman::encode_planned(plane, hist, plan, out),
@@ -710,61 +814,29 @@ fn encode_plane(plane: &[u8], hist: &Histogram, choice: &PlaneChoice, out: &mut 
     }
 }
 
-/// Appends a frame for `chunk` to `out`. `parts` are the planes' coders and estimated
-/// payload sizes; `encode(i, out)` appends plane `i`'s payload.
-///
-/// Payloads are coded straight into `out` (a copy of a 256 KiB frame was 7 % of FP4
-/// encoding): each length varint is reserved at the size its estimate needs, and only
-/// where the real length needs another size are the bytes after it moved.
-fn write_frame(
-    out: &mut Vec<u8>,
-    chunk: &[u8],
-    layout: Layout,
-    parts: &[(Coder, usize)],
-    mut encode: impl FnMut(usize, &mut Vec<u8>),
-) {
-    // The head: layout, chunk length, then the checksum, patched below.
-    let head_len = 2 + varint_len(chunk.len()) + 4;
-    let body_guess: usize = head_len
-        + parts
-            .iter()
-            .map(|&(_, size)| 1 + varint_len(size) + size)
-            .sum::<usize>();
-    out.reserve(1 + varint_len(body_guess) + body_guess + 16);
+/// Appends a frame for `chunk` with these coded planes to `out`, copying each payload once.
+fn write_frame(out: &mut Vec<u8>, chunk: &[u8], layout: Layout, parts: &[(Coder, &[u8])]) {
+    let mut head = FixedVec::<u8, 16>::new();
+    head.push(layout.id());
+    head.push(layout.param());
+    head.extend(varint(chunk.len() as u64).iter().copied());
+    head.extend([0; 4]); // the checksum, patched below
+    let coded_len: usize = parts
+        .iter()
+        .map(|(_, p)| 1 + varint_len(p.len()) + p.len())
+        .sum();
+    out.reserve(10 + head.len() + coded_len);
     out.push(FRAME_TAG);
-    let body_len_at = out.len();
-    let body_len_width = varint_len(body_guess);
-    out.resize(body_len_at + body_len_width, 0);
-    out.extend_from_slice(&[layout.id(), layout.param()]);
-    put_varint(out, chunk.len() as u64);
-    out.extend_from_slice(&[0; 4]);
-    for (i, &(coder, size)) in parts.iter().enumerate() {
+    put_varint(out, (head.len() + coded_len) as u64);
+    out.extend_from_slice(&head);
+    let coded_at = out.len();
+    for (coder, payload) in parts {
         out.push(coder.id());
-        let len_at = out.len();
-        let width = varint_len(size);
-        out.resize(len_at + width, 0);
-        let payload_at = out.len();
-        encode(i, out);
-        let len = out.len() - payload_at;
-        patch_varint(out, len_at, width, len);
+        put_varint(out, payload.len() as u64);
+        out.extend_from_slice(payload);
     }
-    let body_len = out.len() - body_len_at - body_len_width;
-    patch_varint(out, body_len_at, body_len_width, body_len);
-    let coded_at = body_len_at + varint_len(body_len) + head_len;
     let sum = checksum(chunk, &out[coded_at..]);
     out[coded_at - 4..coded_at].copy_from_slice(&sum.to_le_bytes());
-}
-
-/// Writes `value` as a varint over the `reserved` bytes at `at`, moving what follows where
-/// the varint needs more or fewer bytes.
-fn patch_varint(out: &mut Vec<u8>, at: usize, reserved: usize, value: usize) {
-    let mut v = Vec::with_capacity(10);
-    put_varint(&mut v, value as u64);
-    if v.len() == reserved {
-        out[at..at + reserved].copy_from_slice(&v);
-    } else {
-        out.splice(at..at + reserved, v);
-    }
 }
 
 /// The parsed start of a frame: enough to size the output before decoding.
@@ -830,12 +902,15 @@ pub fn parse_frame(buf: &[u8]) -> Result<(FrameHeader<'_>, usize), FrameError> {
     ))
 }
 
+/// A frame's planes as stored: coder and payload of each.
+type Parts<'a> = FixedVec<(Coder, &'a [u8]), MAX_PLANES>;
+
 /// One plane as stored: its coder and payload.
-fn plane_parts<'a>(h: &FrameHeader<'a>) -> Result<Vec<(Coder, &'a [u8])>, FrameError> {
+fn plane_parts<'a>(h: &FrameHeader<'a>) -> Result<Parts<'a>, FrameError> {
     let mut c = Cursor::new(h.planes);
-    let mut parts = Vec::with_capacity(4);
+    let mut parts = Parts::new();
     while c.remaining() > 0 {
-        if parts.len() >= 16 {
+        if parts.len() >= MAX_PLANES {
             return Err(corrupt("too many planes"));
         }
         let coder = c
@@ -856,15 +931,15 @@ fn plane_parts<'a>(h: &FrameHeader<'a>) -> Result<Vec<(Coder, &'a [u8])>, FrameE
 
 /// The coders of a frame's planes, for reports (`inspect`).
 pub fn frame_coders(h: &FrameHeader<'_>) -> Result<Vec<Coder>, FrameError> {
-    Ok(plane_parts(h)?.into_iter().map(|(c, _)| c).collect())
+    Ok(plane_parts(h)?.iter().map(|&(c, _)| c).collect())
 }
 
 /// Each plane's coder and stored size (coder byte, length and payload), for reports of how
 /// close the coders come to the planes' entropy (`bench`).
 pub fn frame_plane_sizes(h: &FrameHeader<'_>) -> Result<Vec<(Coder, usize)>, FrameError> {
     Ok(plane_parts(h)?
-        .into_iter()
-        .map(|(c, p)| (c, 1 + varint_len(p.len()) + p.len()))
+        .iter()
+        .map(|&(c, p)| (c, 1 + varint_len(p.len()) + p.len()))
         .collect())
 }
 
@@ -917,11 +992,14 @@ fn decode_planes(
     }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        let planes = &mut s.planes;
-        planes.resize_with(lens.count, Vec::new);
+        // Grown, never shrunk: the planes' buffers are kept for the next frame.
+        if s.planes.len() < lens.count {
+            s.planes.resize_with(lens.count, Vec::new);
+        }
+        let planes = &mut s.planes[..lens.count];
         if let Some(done) = decode_interleaved(h.layout, parts, planes, out)? {
             // The rANS decoder wrote the first `done` elements; merge the rest.
-            let refs: Vec<&[u8]> = parts
+            let refs: FixedVec<&[u8], MAX_PLANES> = parts
                 .iter()
                 .zip(planes.iter())
                 .map(|((coder, payload), plane)| match coder {
@@ -940,7 +1018,7 @@ fn decode_planes(
             }
         }
         // Raw planes are merged straight from the frame, without a copy.
-        let refs: Vec<&[u8]> = parts
+        let refs: FixedVec<&[u8], MAX_PLANES> = parts
             .iter()
             .zip(planes.iter())
             .map(|((coder, payload), plane)| {
@@ -1006,53 +1084,6 @@ fn decode_plane(coder: Coder, payload: &[u8], plane: &mut [u8]) -> Result<(), Fr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patch_varint_moves_what_follows_when_the_width_changes() {
-        for value in [
-            0usize,
-            1,
-            127,
-            128,
-            16383,
-            16384,
-            (1 << 21) - 1,
-            1 << 21,
-            1 << 28,
-        ] {
-            for reserved in 1..=5 {
-                let mut out = vec![0xAA, 0xBB];
-                out.resize(2 + reserved, 0);
-                out.extend_from_slice(&[1, 2, 3]);
-                patch_varint(&mut out, 2, reserved, value);
-                let mut want = vec![0xAA, 0xBB];
-                put_varint(&mut want, value as u64);
-                want.extend_from_slice(&[1, 2, 3]);
-                assert_eq!(out, want, "value {value}, reserved {reserved}");
-            }
-        }
-    }
-
-    #[test]
-    fn frames_parse_whatever_the_size_estimates_said() {
-        // Estimates off in both directions around the varint widths' boundaries.
-        let chunk: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        for guess in [0usize, 100, 127, 128, 20_000, 16_384, 3_000_000] {
-            let mut out = vec![9];
-            write_frame(
-                &mut out,
-                &chunk,
-                Layout::Bytes,
-                &[(Coder::Raw, guess)],
-                |_, o| o.extend_from_slice(&chunk),
-            );
-            let (h, used) = parse_frame(&out[1..]).expect("parses");
-            assert_eq!(used, out.len() - 1);
-            let mut back = vec![0; h.original_len];
-            decode_frame(&h, &mut back).expect("decodes");
-            assert_eq!(back, chunk, "guess {guess}");
-        }
-    }
 
     fn round_trip(chunk: &[u8], dtype: DType) -> FrameStats {
         let mut out = Vec::new();
@@ -1238,13 +1269,13 @@ mod tests {
                     })
                     .collect();
                 for dtype in [DType::F8_E4M3, DType::F8_E5M2, DType::F4, DType::BF16] {
-                    let mut planes = Vec::new();
-                    let (layout, _, _, size, _) = choose_layout(
+                    let mut scratch = Scratch::default();
+                    let Chosen { layout, size, .. } = choose_layout(
                         &chunk,
                         dtype,
                         Layout::candidates(dtype),
                         &FrameOptions::default(),
-                        &mut planes,
+                        &mut scratch,
                     );
                     assert_eq!(
                         (layout, size),
@@ -1322,7 +1353,7 @@ mod tests {
     #[test]
     fn constant_and_empty_chunks() {
         let s = round_trip(&[0u8; 4096], DType::BF16);
-        assert_eq!(s.coders, vec![Coder::Constant, Coder::Constant]);
+        assert_eq!(&*s.coders, &[Coder::Constant, Coder::Constant]);
         round_trip(&[], DType::F32);
         round_trip(&[1, 2, 3], DType::BF16); // ragged: falls back to bytes
     }
@@ -1335,7 +1366,7 @@ mod tests {
         let chunk: Vec<u8> = row.iter().cycle().take(row.len() * 16).copied().collect();
         assert!(looks_repetitive(&chunk, None));
         let s = round_trip(&chunk, DType::BF16);
-        assert_eq!(s.coders, vec![Coder::Zstd]);
+        assert_eq!(&*s.coders, &[Coder::Zstd]);
     }
 
     #[test]
@@ -1460,8 +1491,7 @@ mod tests {
             &mut out,
             &chunk,
             Layout::Fp4Codes,
-            &[(Coder::Rans, payload.len())],
-            |_, out| out.extend_from_slice(&payload),
+            &[(Coder::Rans, &payload)],
         );
         let (h, _) = parse_frame(&out).expect("parse");
         assert_eq!(h.layout, Layout::Fp4Codes);

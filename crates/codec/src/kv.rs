@@ -30,11 +30,14 @@
 //!
 //! **Paged caches.** [`KvBlockCodec`] keeps its transpose and trial buffers between calls,
 //! so coding a stream of 16–256-token pages reuses the same memory; `decode_block` writes
-//! into the caller's page. The frame coder underneath still makes a few small allocations
-//! per frame (per-plane bookkeeping, a handful of `Vec`s of at most 16 items).
+//! into the caller's page. The frame coder underneath keeps its buffers per thread and its
+//! per-plane bookkeeping inline, so once a codec has coded pages of a size, encoding and
+//! decoding more of them makes no heap allocation (`tests/kv_no_alloc.rs` checks it). A
+//! chunk that looks repetitive still allocates zstd's output when zstd is tried.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::fixed::FixedVec;
 use crate::frame::{decode_frame, encode_frame, parse_frame, FrameError, FrameOptions};
 use crate::wire::{put_varint, Cursor};
 
@@ -46,6 +49,8 @@ pub const KV_VERSION: u8 = 1;
 pub const MAX_KV_BYTES: u64 = 1 << 31;
 /// Bytes per frame in flat mode.
 pub const FLAT_CHUNK_BYTES: usize = 256 << 10;
+/// Most dimensions a block may have.
+pub const MAX_DIMS: usize = 8;
 /// A channel group is never cut into frames larger than this.
 const MAX_GROUP_BYTES: usize = 4 << 20;
 
@@ -121,8 +126,9 @@ pub enum KvMode {
 pub struct KvInfo {
     /// Element type.
     pub dtype: DType,
-    /// Dimensions, in `layout` order.
-    pub shape: Vec<u64>,
+    /// Dimensions, in `layout` order (at most 8; inline, so decoding a block allocates
+    /// nothing).
+    pub shape: FixedVec<u64, MAX_DIMS>,
     /// The layout recorded by the encoder.
     pub layout: KvLayout,
     /// How it was coded.
@@ -164,7 +170,7 @@ fn check_shape(dtype: DType, shape: &[u64], layout: KvLayout) -> Result<usize> {
             )));
         }
     }
-    if shape.len() > 8 {
+    if shape.len() > MAX_DIMS {
         return Err(Error::InvalidArgument("more than 8 dimensions".into()));
     }
     let elems = shape
@@ -341,10 +347,10 @@ fn parse_header(encoded: &[u8]) -> Result<(KvInfo, &[u8])> {
         .and_then(KvLayout::from_id)
         .ok_or_else(|| corrupt("unknown layout"))?;
     let ndim = c.u8().ok_or_else(|| corrupt("truncated header"))? as usize;
-    if ndim > 8 {
+    if ndim > MAX_DIMS {
         return Err(corrupt("more than 8 dimensions"));
     }
-    let mut shape = Vec::with_capacity(ndim);
+    let mut shape = FixedVec::new();
     for _ in 0..ndim {
         shape.push(c.varint().ok_or_else(|| corrupt("truncated shape"))?);
     }

@@ -136,6 +136,15 @@ impl Layout {
     /// layouts whose every plane symbol is a function of one byte. Lets the encoder
     /// compare such layouts without splitting the chunk once per candidate.
     pub fn histograms_from_bytes(self, bytes: &Histogram) -> Option<Vec<Histogram>> {
+        let mut out = Vec::new();
+        self.histograms_from_bytes_into(bytes, &mut out)
+            .then_some(out)
+    }
+
+    /// [`Layout::histograms_from_bytes`], appending to `out` (whose spare capacity the
+    /// encoder reuses frame after frame); returns false, appending nothing, for layouts
+    /// it does not apply to.
+    pub fn histograms_from_bytes_into(self, bytes: &Histogram, out: &mut Vec<Histogram>) -> bool {
         let plane = |f: &dyn Fn(usize) -> usize| {
             let mut h = Histogram {
                 counts: [0; 256],
@@ -147,32 +156,40 @@ impl Layout {
             h
         };
         match self {
-            Layout::Bytes => Some(vec![bytes.clone()]),
-            Layout::E4m3ExpSm | Layout::E5m2ExpSm => {
-                let m = if self == Layout::E4m3ExpSm { 3 } else { 2 };
-                let exp = plane(&|b| (b & 0x7f) >> m);
-                let sm = plane(&|b| ((b >> 7) << m) | (b & ((1 << m) - 1)));
-                Some(vec![exp, sm])
-            }
+            Layout::Bytes => out.push(bytes.clone()),
+            Layout::E4m3ExpSm => out.extend(fp8_histograms(bytes, 3)),
+            Layout::E5m2ExpSm => out.extend(fp8_histograms(bytes, 2)),
             Layout::Fp4Codes => {
                 let mut h = plane(&|b| b & 0x0f);
                 for (b, &c) in bytes.counts.iter().enumerate() {
                     h.counts[b >> 4] += c;
                 }
                 h.total = bytes.total * 2;
-                Some(vec![h])
+                out.push(h);
             }
-            _ => None,
+            _ => return false,
         }
+        true
     }
 
     /// Splits `chunk` into planes (resized to fit). `chunk.len()` must be a multiple of
     /// [`Layout::unit`]; callers guarantee it because chunk boundaries are cut by unit.
     pub fn split(self, chunk: &[u8], planes: &mut Vec<Vec<u8>>) {
+        let count = self.split_into(chunk, planes);
+        planes.truncate(count);
+    }
+
+    /// [`Layout::split`] into the first planes of `planes`, returning how many; planes past
+    /// those are kept (not freed), so a caller alternating layouts reuses their buffers.
+    pub fn split_into(self, chunk: &[u8], planes: &mut Vec<Vec<u8>>) -> usize {
         let lens = self.plane_lens(chunk.len());
-        planes.resize_with(lens.count, Vec::new);
+        if planes.len() < lens.count {
+            planes.resize_with(lens.count, Vec::new);
+        }
+        let planes = &mut planes[..lens.count];
+        // Every split below writes all of every plane, so old contents need no clearing
+        // (zeroing a page's planes first was a tenth of an FP8 page's encode).
         for p in planes.iter_mut() {
-            p.clear();
             p.resize(lens.symbols, 0);
         }
         match self {
@@ -185,6 +202,7 @@ impl Layout {
             Layout::E5m2ExpSm => split_fp8(chunk, 2, planes),
             Layout::Fp4Codes => split_fp4(chunk, &mut planes[0]),
         }
+        lens.count
     }
 
     /// Rebuilds the chunk from its planes into `out`. Plane lengths must be those of
@@ -201,6 +219,32 @@ impl Layout {
             Layout::Fp4Codes => merge_fp4(planes[0], out),
         }
     }
+}
+
+/// The exponent and sign|mantissa plane histograms of FP8 bytes with `m` mantissa bits
+/// ([`split_fp8`]'s planes), each count a sum over a run or a stride of byte counts kept in
+/// a register (counting into the planes' tables, consecutive bytes hit the same exponent
+/// and waited on each other's stores).
+fn fp8_histograms(bytes: &Histogram, m: usize) -> [Histogram; 2] {
+    let (mantissas, exponents) = (1usize << m, 128usize >> m);
+    let count = |sign: usize, e: usize, mant: usize| bytes.counts[sign << 7 | e << m | mant];
+    let mut exp = Histogram {
+        counts: [0; 256],
+        total: bytes.total,
+    };
+    let mut sm = exp.clone();
+    for (e, c) in exp.counts[..exponents].iter_mut().enumerate() {
+        *c = (0..2)
+            .flat_map(|sign| (0..mantissas).map(move |mant| (sign, mant)))
+            .map(|(sign, mant)| count(sign, e, mant))
+            .sum();
+    }
+    for sign in 0..2 {
+        for mant in 0..mantissas {
+            sm.counts[sign << m | mant] = (0..exponents).map(|e| count(sign, e, mant)).sum();
+        }
+    }
+    [exp, sm]
 }
 
 /// How many planes a layout makes of a chunk, and how many symbols each holds.

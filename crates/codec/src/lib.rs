@@ -18,6 +18,7 @@ pub mod delta;
 mod digests;
 pub mod dtype;
 pub mod error;
+pub mod fixed;
 pub mod frame;
 pub mod kv;
 pub mod layout;

@@ -9,6 +9,17 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// `v` as an unsigned LEB128 varint, for buffers that are not `Vec`s.
+pub fn varint(mut v: u64) -> crate::fixed::FixedVec<u8, 10> {
+    let mut out = crate::fixed::FixedVec::new();
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
 /// A bounds-checked reader over a byte slice: every read fails cleanly at the end.
 pub struct Cursor<'a> {
     buf: &'a [u8],

@@ -41,7 +41,7 @@ fn round_trip(bytes: &[u8], dtype: DType, shape: &[u64], layout: KvLayout) -> (u
     let info = kv::decode(&enc, &mut back).expect("decode");
     assert_eq!(back, bytes, "{dtype} {shape:?} {layout:?}");
     assert_eq!(info.dtype, dtype);
-    assert_eq!(info.shape, shape);
+    assert_eq!(&*info.shape, shape);
     assert_eq!(info.layout, layout);
     (enc.len(), info.mode)
 }
@@ -132,7 +132,7 @@ fn paged_blocks_reuse_one_codec() {
                 page.resize(block.len(), 0xAA);
                 let info = codec.decode_block(&enc, &mut page).expect("decode");
                 assert_eq!(page, block, "{file} {tokens} tokens at {start}");
-                assert_eq!(info.shape, shape);
+                assert_eq!(&*info.shape, &shape[..]);
             }
         }
     }

@@ -34,23 +34,37 @@ impl Histogram {
     /// Planes hold at most a chunk (well under 2^32 symbols), so `u32` counts cannot overflow;
     /// longer inputs are rejected by the frame layer before they get here.
     pub fn of(symbols: &[u8]) -> Self {
+        // Sub-histogram 0 takes a quarter of the symbols plus up to 3 left over.
+        match symbols.len() <= 4 * (u16::MAX as usize - 3) {
+            true => Self::count::<u16>(symbols),
+            false => Self::count::<u32>(symbols),
+        }
+    }
+
+    /// Counts in `C` per sub-histogram: `u16` for planes too short to overflow it (any K/V
+    /// page: half the counters to zero and merge, measured 7 % faster on an FP8 page).
+    #[inline(always)]
+    fn count<C: Copy + Default + std::ops::AddAssign + From<u8> + Into<u32>>(
+        symbols: &[u8],
+    ) -> Self {
         // Four sub-histograms break the store-to-load dependency on runs of equal
         // symbols (an exponent plane is mostly a handful of values). (Reading eight
         // symbols as one word and shifting them out measured no faster.)
-        let mut sub = [[0u32; 256]; 4];
+        let one = C::from(1u8);
+        let mut sub = [[C::default(); 256]; 4];
         let mut quads = symbols.chunks_exact(4);
         for q in &mut quads {
-            sub[0][q[0] as usize] += 1;
-            sub[1][q[1] as usize] += 1;
-            sub[2][q[2] as usize] += 1;
-            sub[3][q[3] as usize] += 1;
+            sub[0][q[0] as usize] += one;
+            sub[1][q[1] as usize] += one;
+            sub[2][q[2] as usize] += one;
+            sub[3][q[3] as usize] += one;
         }
         for &s in quads.remainder() {
-            sub[0][s as usize] += 1;
+            sub[0][s as usize] += one;
         }
         let mut counts = [0u32; 256];
         for (i, c) in counts.iter_mut().enumerate() {
-            *c = sub[0][i] + sub[1][i] + sub[2][i] + sub[3][i];
+            *c = sub[0][i].into() + sub[1][i].into() + sub[2][i].into() + sub[3][i].into();
         }
         Histogram {
             counts,
@@ -99,6 +113,33 @@ impl Histogram {
             counts,
             total: symbols.len(),
         })
+    }
+
+    /// Which symbols occur, as a 256-bit set (bit `s % 64` of word `s / 64`): one
+    /// vectorised pass, after which the coders' size bounds visit only the symbols that
+    /// occur instead of all 256 counts each.
+    pub fn presence(&self) -> [u64; 4] {
+        let mut set = [0u64; 4];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::*;
+            // Four counts per compare and mask: the compiler made a shift and an OR per
+            // count of the plain loop (the baseline target has no wider compare to use).
+            for (i, quad) in self.counts.chunks_exact(4).enumerate() {
+                // SAFETY: SSE2 is part of the x86_64 baseline; a 16-byte unaligned load of
+                // a 4-count chunk.
+                let empty = unsafe {
+                    let v = _mm_loadu_si128(quad.as_ptr().cast());
+                    _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(v, _mm_setzero_si128())))
+                };
+                set[i / 16] |= ((empty ^ 0xF) as u64) << (4 * (i % 16));
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        for (s, &c) in self.counts.iter().enumerate() {
+            set[s / 64] |= ((c > 0) as u64) << (s % 64);
+        }
+        set
     }
 
     /// Number of distinct symbols that occur.
@@ -270,6 +311,25 @@ mod tests {
         }
         outside[2000] = 255;
         assert!(Histogram::sampled(&outside).is_none());
+    }
+
+    #[test]
+    fn presence_marks_the_symbols_that_occur() {
+        let h = Histogram::of(&[0, 5, 5, 63, 64, 200, 255]);
+        let set = h.presence();
+        for s in 0..256 {
+            assert_eq!(set[s / 64] >> (s % 64) & 1 == 1, h.counts[s] > 0, "{s}");
+        }
+    }
+
+    #[test]
+    fn counts_at_the_narrow_counters_limit() {
+        // One value everywhere: each sub-histogram's counter of it is as high as it gets.
+        let limit = 4 * (u16::MAX as usize - 3);
+        for n in [limit - 1, limit, limit + 1, limit + 3] {
+            let h = Histogram::of(&vec![7u8; n]);
+            assert_eq!((h.counts[7] as usize, h.total), (n, n));
+        }
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub fn encoded_size(hist: &Histogram) -> usize {
 pub struct Plan {
     lens: [u8; 256],
     size: usize,
+    /// Bits of the coded symbols.
+    bits: u64,
 }
 
 impl Plan {
@@ -91,20 +93,35 @@ pub fn plan(hist: &Histogram) -> Plan {
         return Plan {
             lens: [0; 256],
             size: 0,
+            bits: 0,
         };
     }
+    // Every pass below covers only the used symbols: an exponent plane's dozen, not 256.
+    let (lo, hi) = used_symbols(hist);
     let lens = code_lengths(hist);
-    let table = table_bytes(&lens);
-    if hist.distinct() == 1 {
-        return Plan { lens, size: table };
+    let table = 2 + length_nibbles(&lens[lo..=hi], &mut [0; 256]).div_ceil(2);
+    if lo == hi {
+        return Plan {
+            lens,
+            size: table,
+            bits: 0,
+        };
     }
-    let bits: u64 = (0..256)
+    let bits: u64 = (lo..=hi)
         .map(|s| hist.counts[s] as u64 * lens[s] as u64)
         .sum();
     Plan {
         lens,
         size: stream_overhead(hist.total) + table + bits.div_ceil(8) as usize,
+        bits,
     }
+}
+
+/// The smallest and the largest symbol that occur in a nonempty plane.
+fn used_symbols(hist: &Histogram) -> (usize, usize) {
+    let lo = hist.counts.iter().position(|&c| c > 0).unwrap_or(0);
+    let hi = hist.counts.iter().rposition(|&c| c > 0).unwrap_or(lo);
+    (lo, hi)
 }
 
 /// Bytes [`encoded_size`] adds to the table and the coded bits: the stream sizes, and a
@@ -119,12 +136,29 @@ fn stream_overhead(n: usize) -> usize {
 /// symbols occur, and no prefix code beats the entropy. For a plane of at least two
 /// distinct symbols.
 pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> usize {
-    let mut present = [0u8; 256];
-    for (p, &c) in present.iter_mut().zip(&hist.counts) {
-        *p = (c > 0) as u8;
-    }
     let bits = info_bits_lb.max(0.0).ceil() as u64;
-    stream_overhead(hist.total) + table_bytes(&present) + bits.div_ceil(8) as usize
+    stream_overhead(hist.total) + table_bytes_of_used(hist) + bits.div_ceil(8) as usize
+}
+
+/// [`table_bytes`] of a code in which exactly the symbols with nonzero `counts` have a
+/// length (the table's size does not depend on which lengths), in one pass: each used
+/// symbol is a nibble, each gap between used symbols its length in nibbles, or 3 from
+/// [`MIN_ZERO_RUN`] on.
+fn table_bytes_of_used(hist: &Histogram) -> usize {
+    let (mut nibbles, mut prev) = (0usize, None);
+    for (w, mut word) in hist.presence().into_iter().enumerate() {
+        while word != 0 {
+            let s = 64 * w + word.trailing_zeros() as usize;
+            word &= word - 1;
+            let gap = prev.map_or(0, |p| s - p - 1);
+            nibbles += 1 + if gap >= MIN_ZERO_RUN { 3 } else { gap };
+            prev = Some(s);
+        }
+    }
+    match prev {
+        Some(_) => 2 + nibbles.div_ceil(2),
+        None => 0,
+    }
 }
 
 /// Appends a self-contained stream (code-length table, stream sizes, bitstreams) coding
@@ -150,11 +184,10 @@ pub fn encode_planned(symbols: &[u8], hist: &Histogram, plan: &Plan, out: &mut V
     let width = size_width(n, streams);
     let sizes_at = out.len();
     let data_at = sizes_at + (streams - 1) * width;
-    let bits: u64 = (0..256)
-        .map(|s| hist.counts[s] as u64 * lens[s] as u64)
-        .sum();
-    // Every stream ends with a partial byte at worst, and the flushes write 8 bytes at a time.
-    let room = bits.div_ceil(8) as usize + streams + 8;
+    let bits = plan.bits;
+    // Every stream ends with a partial byte at worst, and the flushes write 8 bytes at a time
+    // (the vector path wants room for a whole block's worst case past where it is).
+    let room = bits.div_ceil(8) as usize + streams + 8 + simd::SLACK;
     out.resize(data_at + room, 0);
     let mut pos = data_at;
     for k in 0..streams {
@@ -290,6 +323,7 @@ fn length_nibbles(lens: &[u8], nibbles: &mut [u8; 256]) -> usize {
     n
 }
 
+#[cfg(test)]
 fn table_bytes(lens: &[u8; 256]) -> usize {
     let Some((lo, hi)) = used_range(lens) else {
         return 0;
@@ -366,7 +400,8 @@ fn code_lengths(hist: &Histogram) -> [u8; 256] {
     // Sort by (count, symbol): the symbol in the low byte makes ties deterministic.
     let mut keys = [0u64; 256];
     let mut n = 0;
-    for (s, &c) in hist.counts.iter().enumerate() {
+    let (lo, hi) = used_symbols(hist);
+    for (s, &c) in hist.counts.iter().enumerate().take(hi + 1).skip(lo) {
         if c > 0 {
             keys[n] = (c as u64) << 8 | s as u64;
             n += 1;
@@ -386,7 +421,16 @@ fn code_lengths(hist: &Histogram) -> [u8; 256] {
     }
     let mut depth = [0u8; 256];
     if !huffman_depths(&weights[..n], &mut depth[..n]) {
-        package_merge(&weights[..n], &mut depth[..n]);
+        // Lists sized by the alphabet: an exponent plane's (a dozen symbols) would spend
+        // more time zeroing 256-symbol lists than merging.
+        let (w, d) = (&weights[..n], &mut depth[..n]);
+        if n <= 16 {
+            package_merge::<30>(w, d);
+        } else if n <= 64 {
+            package_merge::<126>(w, d);
+        } else {
+            package_merge::<510>(w, d);
+        }
     }
     for (k, &d) in keys.iter().zip(depth.iter()) {
         lens[(k & 0xFF) as usize] = d;
@@ -433,17 +477,16 @@ fn huffman_depths(w: &[u64], depth: &mut [u8]) -> bool {
     fits
 }
 
-/// Optimal length-limited code lengths for `w` (sorted ascending, 2..=256 weights) by
-/// package-merge.
+/// Optimal length-limited code lengths for `w` (sorted ascending, 2..=256 weights, and
+/// `2 * w.len() - 2 <= CAP`) by package-merge.
 ///
 /// List `d` (depth `d`) merges the leaves with the pairs of list `d + 1`. Taking the first
 /// `2n - 2` items of list 1 and, recursively, the items packed into the chosen packages, a
 /// leaf's code length is the number of lists in which it is chosen. Leaves enter each list
 /// in weight order, so the chosen ones are always the lightest `k_d`: only those counts are
 /// needed, not which package holds what.
-fn package_merge(w: &[u64], lens: &mut [u8]) {
+fn package_merge<const CAP: usize>(w: &[u64], lens: &mut [u8]) {
     const L: usize = MAX_LEN as usize;
-    const CAP: usize = 510;
     let n = w.len();
     let cap = 2 * n - 2;
     let mut is_leaf = [[false; CAP]; L];
@@ -531,7 +574,10 @@ fn encode_stream(symbols: &[u8], codes: &Codes, out: &mut [u8], pos: usize) -> u
     // Local copies (768 bytes) address off the stack pointer, freeing a register.
     let (code, len) = (codes.code, codes.len);
     let mut w = StreamWriter::new(pos);
-    let mut quads = symbols.chunks_exact(4);
+    // Whole 64-symbol blocks by vector lookups where the CPU has them; the bits written
+    // are the same as the scalar loop's, so the rest simply carries on.
+    let done = simd::encode_blocks(symbols, codes, &mut w, out);
+    let mut quads = symbols[done..].chunks_exact(4);
     for q in &mut quads {
         w.put4([q[0], q[1], q[2], q[3]], &code, &len, out);
     }
@@ -539,6 +585,307 @@ fn encode_stream(symbols: &[u8], codes: &Codes, out: &mut [u8], pos: usize) -> u
         w.put1(s, &code, &len);
     }
     w.finish(out)
+}
+
+/// The encoder's vector path: code lookups for 64 symbols at once, the codes joined four
+/// at a time in vector lanes, so the scalar bit writer does one step per four symbols with
+/// none of the lookups and joins (the scalar loop's ~12 instructions per symbol made it
+/// the largest cost of coding a K/V page).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{Codes, StreamWriter};
+    use std::arch::x86_64::*;
+
+    /// Codes all whole 64-symbol blocks of `symbols` into `w`; returns how many symbols
+    /// that was (0 without AVX-512 VBMI).
+    pub(super) fn encode_blocks(
+        symbols: &[u8],
+        codes: &Codes,
+        w: &mut StreamWriter,
+        out: &mut [u8],
+    ) -> usize {
+        if symbols.len() < 64 || !available() {
+            return 0;
+        }
+        // SAFETY: the features the kernels are compiled for were detected just above.
+        match codes.len[64..].iter().all(|&l| l == 0) {
+            true => unsafe { encode_vbmi::<true>(symbols, codes, w, out) },
+            false => unsafe { encode_vbmi::<false>(symbols, codes, w, out) },
+        }
+    }
+
+    fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vbmi")
+            && std::is_x86_feature_detected!("bmi2")
+    }
+
+    /// Byte `i` of the reordered block is symbol `ORDER[i]`: each 128-bit lane holds eight
+    /// symbols of the first half and eight of the second, so that byte unpacks (which work
+    /// within lanes) give the 16-bit codes of symbols 0..32, then 32..64, in order.
+    const ORDER: [u8; 64] = {
+        let mut o = [0u8; 64];
+        let mut i = 0;
+        while i < 64 {
+            let (k, j) = (i / 16, i % 16);
+            o[i] = if j < 8 { 8 * k + j } else { 32 + 8 * k + j - 8 } as u8;
+            i += 1;
+        }
+        o
+    };
+
+    /// A 256-entry byte table as four registers.
+    type Table = [__m512i; 4];
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn table(bytes: &[u8; 256]) -> Table {
+        // SAFETY: four 64-byte unaligned loads inside the 256-byte array.
+        std::array::from_fn(|q| unsafe { _mm512_loadu_si512(bytes.as_ptr().add(64 * q).cast()) })
+    }
+
+    /// `t[s]` for each byte `s`: two 128-entry lookups, the top bit choosing. With
+    /// `NARROW` (every symbol below 64: an exponent plane), one 64-entry lookup.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn lookup<const NARROW: bool>(t: &Table, s: __m512i) -> __m512i {
+        if NARROW {
+            return _mm512_permutexvar_epi8(s, t[0]);
+        }
+        let lo = _mm512_permutex2var_epi8(t[0], s, t[1]);
+        let hi = _mm512_permutex2var_epi8(t[2], s, t[3]);
+        _mm512_mask_blend_epi8(_mm512_movepi8_mask(s), lo, hi)
+    }
+
+    /// Joins the codes of adjacent lanes: `c[2i] << l[2i + 1] | c[2i + 1]` in lanes twice as
+    /// wide (`W` bits), and the lengths' sums. The first symbol ends in the high bits.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn join_pairs<const W: u32>(c: __m512i, l: __m512i) -> (__m512i, __m512i) {
+        let (c_even, c_odd, l_even, l_odd) = match W {
+            32 => {
+                let low = _mm512_set1_epi32(0xFFFF);
+                let (ce, le) = (_mm512_and_si512(c, low), _mm512_and_si512(l, low));
+                (
+                    ce,
+                    _mm512_srli_epi32::<16>(c),
+                    le,
+                    _mm512_srli_epi32::<16>(l),
+                )
+            }
+            _ => {
+                let low = _mm512_set1_epi64(0xFFFF_FFFF);
+                let (ce, le) = (_mm512_and_si512(c, low), _mm512_and_si512(l, low));
+                (
+                    ce,
+                    _mm512_srli_epi64::<32>(c),
+                    le,
+                    _mm512_srli_epi64::<32>(l),
+                )
+            }
+        };
+        match W {
+            32 => (
+                _mm512_or_si512(_mm512_sllv_epi32(c_even, l_odd), c_odd),
+                _mm512_add_epi32(l_even, l_odd),
+            ),
+            _ => (
+                _mm512_or_si512(_mm512_sllv_epi64(c_even, l_odd), c_odd),
+                _mm512_add_epi64(l_even, l_odd),
+            ),
+        }
+    }
+
+    /// Codes of four symbols (64-bit lanes, at most 44 bits) from 32 codes and lengths in
+    /// 16-bit lanes, in order.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn join4(c16: __m512i, l16: __m512i) -> (__m512i, __m512i) {
+        let (c, l) = join_pairs::<32>(c16, l16);
+        join_pairs::<64>(c, l)
+    }
+
+    /// Most bits one joined code may have: with the at most 7 bits left pending by the
+    /// last flush, it fits the 64-bit accumulator.
+    const MAX_JOINED_BITS: u64 = 57;
+
+    /// Most bytes one 64-symbol block can add to a stream.
+    const BLOCK_BYTES: usize = 64 * super::MAX_LEN as usize / 8;
+    /// Spare bytes past a plane's coded size that keep the vector path going to its end.
+    pub(super) const SLACK: usize = BLOCK_BYTES;
+
+    /// The bit writer's state, in locals so that it stays in registers.
+    struct Bits {
+        acc: u64,
+        nacc: u64,
+        pos: usize,
+    }
+
+    impl Bits {
+        /// Appends joined codes (`c[i]` of `l[i]` bits, at most [`MAX_JOINED_BITS`]), one
+        /// 8-byte store each, as [`StreamWriter::put4`] ends.
+        ///
+        /// # Safety
+        /// `out` must have `BLOCK_BYTES + 8` bytes from `self.pos`, and the codes add at
+        /// most `BLOCK_BYTES`.
+        #[inline(always)]
+        unsafe fn put(&mut self, c: &[u64], l: &[u64], out: &mut [u8]) {
+            for (&c, &l) in c.iter().zip(l) {
+                self.acc = self.acc << l | c;
+                self.nacc += l;
+                let word = (self.acc << ((64 - self.nacc) & 63)).to_be();
+                // SAFETY: the caller's room: `pos` has moved by less than BLOCK_BYTES.
+                unsafe {
+                    out.as_mut_ptr()
+                        .add(self.pos)
+                        .cast::<u64>()
+                        .write_unaligned(word)
+                };
+                self.pos += (self.nacc >> 3) as usize;
+                self.nacc &= 7;
+            }
+        }
+    }
+
+    /// One block's codes joined for the writer: `steps` (8 or 16) codes and lengths.
+    struct Joined {
+        c: [u64; 16],
+        l: [u64; 16],
+        steps: usize,
+    }
+
+    /// The lookup tables and constant vectors of one plane's code.
+    struct Kernel {
+        len: Table,
+        lo: Table,
+        hi: Table,
+        order: __m512i,
+        even: __m512i,
+        odd: __m512i,
+        max_joined: __m512i,
+    }
+
+    impl Kernel {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+        fn new(codes: &Codes) -> Self {
+            let code_lo = codes.code.map(|c| c as u8);
+            let code_hi = codes.code.map(|c| (c >> 8) as u8);
+            Kernel {
+                len: table(&codes.len),
+                lo: table(&code_lo),
+                hi: table(&code_hi),
+                // SAFETY: a 64-byte unaligned load of a 64-byte array.
+                order: unsafe { _mm512_loadu_si512(ORDER.as_ptr().cast()) },
+                even: _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0),
+                odd: _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1),
+                max_joined: _mm512_set1_epi64(MAX_JOINED_BITS as i64),
+            }
+        }
+
+        /// The joined codes of 64 symbols: eight codes of eight symbols where all fit
+        /// [`MAX_JOINED_BITS`] (low-entropy planes always do: half the steps on the
+        /// writer's dependency chain), else sixteen of four.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+        fn join_block<const NARROW: bool>(&self, block: &[u8; 64]) -> Joined {
+            // SAFETY: a 64-byte unaligned load of a 64-byte block.
+            let s = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+            let s = _mm512_permutexvar_epi8(self.order, s);
+            let len = lookup::<NARROW>(&self.len, s);
+            let (lo, hi) = (lookup::<NARROW>(&self.lo, s), lookup::<NARROW>(&self.hi, s));
+            let zero = _mm512_setzero_si512();
+            let (ca, la) = join4(
+                _mm512_unpacklo_epi8(lo, hi),
+                _mm512_unpacklo_epi8(len, zero),
+            );
+            let (cb, lb) = join4(
+                _mm512_unpackhi_epi8(lo, hi),
+                _mm512_unpackhi_epi8(len, zero),
+            );
+            let l_odd = _mm512_permutex2var_epi64(la, self.odd, lb);
+            let l8 = _mm512_add_epi64(_mm512_permutex2var_epi64(la, self.even, lb), l_odd);
+            let mut j = Joined {
+                c: [0; 16],
+                l: [0; 16],
+                steps: 16,
+            };
+            let (c, l) = (
+                j.c.as_mut_ptr().cast::<__m512i>(),
+                j.l.as_mut_ptr().cast::<__m512i>(),
+            );
+            // SAFETY: 64-byte unaligned stores into the first or second half of 16-word
+            // arrays.
+            unsafe {
+                if _mm512_cmpgt_epu64_mask(l8, self.max_joined) == 0 {
+                    let c_even = _mm512_permutex2var_epi64(ca, self.even, cb);
+                    let c_odd = _mm512_permutex2var_epi64(ca, self.odd, cb);
+                    let c8 = _mm512_or_si512(_mm512_sllv_epi64(c_even, l_odd), c_odd);
+                    _mm512_storeu_si512(c, c8);
+                    _mm512_storeu_si512(l, l8);
+                    j.steps = 8;
+                } else {
+                    _mm512_storeu_si512(c, ca);
+                    _mm512_storeu_si512(l, la);
+                    _mm512_storeu_si512(c.add(1), cb);
+                    _mm512_storeu_si512(l.add(1), lb);
+                }
+            }
+            j
+        }
+    }
+
+    /// # Safety
+    /// AVX-512 F, BW, VBMI and BMI2 must be available, and with `NARROW` no symbol of
+    /// `symbols` may be 64 or more (its lookups would wrap, coding the wrong symbol).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,bmi2")]
+    unsafe fn encode_vbmi<const NARROW: bool>(
+        symbols: &[u8],
+        codes: &Codes,
+        w: &mut StreamWriter,
+        out: &mut [u8],
+    ) -> usize {
+        let kernel = Kernel::new(codes);
+        let mut b = Bits {
+            acc: w.acc,
+            nacc: w.nacc,
+            pos: w.pos,
+        };
+        let (mut blocks, _) = symbols.as_chunks::<64>();
+        let mut done = 0;
+        // Software-pipelined: the next block's lookups and joins come before this block's
+        // writes, so they overlap the writer's dependency chain instead of waiting behind
+        // it (a block's vector work is a long chain of its own).
+        let mut next = blocks.split_first().map(|(block, rest)| {
+            blocks = rest;
+            kernel.join_block::<NARROW>(block)
+        });
+        while let Some(cur) = next {
+            // The stores write 8 bytes from `pos`, which a block moves by at most
+            // BLOCK_BYTES: checked once here instead of at every store.
+            if b.pos + BLOCK_BYTES + 8 > out.len() {
+                break;
+            }
+            next = blocks.split_first().map(|(block, rest)| {
+                blocks = rest;
+                kernel.join_block::<NARROW>(block)
+            });
+            // SAFETY: the check above leaves BLOCK_BYTES + 8 bytes from `pos`, and 64
+            // symbols' codes take at most BLOCK_BYTES.
+            unsafe { b.put(&cur.c[..cur.steps], &cur.l[..cur.steps], out) };
+            done += 64;
+        }
+        (w.acc, w.nacc, w.pos) = (b.acc, b.nacc, b.pos);
+        done
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    use super::{Codes, StreamWriter};
+
+    /// No spare bytes needed.
+    pub(super) const SLACK: usize = 0;
+
+    /// No vector path on this architecture: the scalar loop codes everything.
+    pub(super) fn encode_blocks(_: &[u8], _: &Codes, _: &mut StreamWriter, _: &mut [u8]) -> usize {
+        0
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1360,7 +1707,7 @@ mod tests {
         for (expected, mut w) in cases {
             w.sort_unstable();
             let mut lens = vec![0u8; w.len()];
-            package_merge(&w, &mut lens);
+            package_merge::<510>(&w, &mut lens);
             assert_eq!(
                 w.iter()
                     .zip(&lens)
@@ -1382,7 +1729,7 @@ mod tests {
             w.sort_unstable();
             let (mut huff, mut pm) = (vec![0u8; n], vec![0u8; n]);
             let fits = huffman_depths(&w, &mut huff);
-            package_merge(&w, &mut pm);
+            package_merge::<510>(&w, &mut pm);
             let cost = |l: &[u8]| w.iter().zip(l).map(|(&w, &l)| w * l as u64).sum::<u64>();
             let kraft: u32 = pm.iter().map(|&l| 1u32 << (MAX_LEN - l as u32)).sum();
             assert_eq!(kraft, TABLE_SIZE as u32);
@@ -1458,6 +1805,67 @@ mod tests {
                 coded <= entropy * 1.025 + overhead,
                 "{coded} bytes vs entropy {entropy}"
             );
+        }
+    }
+
+    #[test]
+    fn package_merge_list_sizes_agree() {
+        for n in [2usize, 5, 16] {
+            let w: Vec<u64> = (0..n as u64).map(|i| 1 + i * i * i * 37).collect();
+            let (mut a, mut b, mut c) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+            package_merge::<30>(&w, &mut a);
+            package_merge::<126>(&w, &mut b);
+            package_merge::<510>(&w, &mut c);
+            assert_eq!((&a, &b), (&c, &c), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn table_size_from_counts_matches_the_written_table() {
+        let mut x = 7u64;
+        for density in [0u64, 1, 2, 5, 30, 60, 100] {
+            for _ in 0..50 {
+                let mut counts = [0u32; 256];
+                for c in counts.iter_mut() {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    *c = ((x >> 33) % 100 < density) as u32 * (1 + (x >> 50) as u32 % 9);
+                }
+                let present = counts.map(|c| (c > 0) as u8);
+                let hist = Histogram {
+                    counts,
+                    total: counts.iter().sum::<u32>() as usize,
+                };
+                assert_eq!(table_bytes_of_used(&hist), table_bytes(&present));
+            }
+        }
+    }
+
+    #[test]
+    fn vector_encoder_matches_the_reference() {
+        // The vector path joins eight codes where all fit 57 bits and four elsewhere; these
+        // planes take both within one plane (a low-entropy body with bursts of rare,
+        // long codes), and every symbol value (all four quarters of the lookup tables).
+        let mut plane = exponent_like(20_000, 7);
+        for (i, s) in random_bytes(4000, 8).into_iter().enumerate() {
+            plane[(i / 40) * 200 + i % 40] = s;
+        }
+        // Symbols below 64 take the one-register lookups: an exponent plane, and one
+        // reaching 63.
+        let narrow: Vec<u8> = exponent_like(6144, 6).iter().map(|s| s - 110).collect();
+        let edge: Vec<u8> = random_bytes(6144, 9).iter().map(|s| 63 - s % 20).collect();
+        for data in [
+            plane,
+            random_bytes(6144, 3),
+            geometric(6144, 0.97, 5),
+            exponent_like(6144, 6),
+            narrow,
+            edge,
+        ] {
+            for n in [64, 65, 127, 128, 2047, 2048, 2049, 6144, data.len()] {
+                round_trip(&data[..n.min(data.len())]);
+            }
         }
     }
 

@@ -26,6 +26,7 @@
 //! `simd`), or 32 / 8 / 1 when the payload is so small that the flushed states would show.
 
 use super::{CorruptStream, Histogram};
+use crate::fixed::FixedVec;
 
 /// Bottom of the normalised state interval `[2^16, 2^32)`; every lane starts (and so must end
 /// decoding) exactly here, which catches most corruptions for free.
@@ -225,7 +226,7 @@ fn nibble_product(lo: &[u32; 16], hi: &[u32; 16], precision: u32) -> [u32; 256] 
         // Fewer than one slot was lost per byte, so one pass of +1 makes up the sum. The
         // key is a total order, so the bytes that get a slot are one set however the
         // selection orders them (no full sort: this runs per chunk, twice).
-        let mut order: Vec<usize> = present().collect();
+        let mut order: FixedVec<usize, 256> = present().collect();
         let missing = (scale - sum) as usize;
         let key = |&b: &usize| (std::cmp::Reverse(rems[b]), b);
         if missing < order.len() {
@@ -238,7 +239,7 @@ fn nibble_product(lo: &[u32; 16], hi: &[u32; 16], precision: u32) -> [u32; 256] 
         // The minimum of 1 added under one slot per byte; take them back from the largest,
         // a slot each in order, round after round. Usually one partial round, whose bytes
         // a selection finds (bytes at one slot sort last, so they are not among them).
-        let mut order: Vec<usize> = present().collect();
+        let mut order: FixedVec<usize, 256> = present().collect();
         let mut excess = sum - scale;
         let key = |&b: &usize| (std::cmp::Reverse(freqs[b]), b);
         let above_one = order.iter().filter(|&&b| freqs[b] > 1).count();
@@ -305,12 +306,13 @@ pub fn decode(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
 /// payload estimate grows with the information and with the lanes, which grow with it.
 /// A wide plan has at least `EIGHT_LANES_BELOW_BYTES` of information and 32 lanes.
 pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> (usize, usize) {
-    let (mut distinct, mut runs, mut prev) = (0usize, 0usize, false);
-    for &c in &hist.counts {
-        let here = c > 0;
-        distinct += here as usize;
-        runs += (here && !prev) as usize;
-        prev = here;
+    // Distinct symbols, and runs of consecutive ones (a run starts at a symbol whose
+    // predecessor is absent), counted on the set of present symbols.
+    let (mut distinct, mut runs, mut carry) = (0usize, 0usize, 0u64);
+    for word in hist.presence() {
+        distinct += word.count_ones() as usize;
+        runs += (word & !(word << 1 | carry)).count_ones() as usize;
+        carry = word >> 63;
     }
     let set = if symbols_as_list(distinct, runs) {
         distinct
@@ -467,7 +469,7 @@ fn ln_1p_recip(f: u32) -> f64 {
 struct Rebalancer<'a> {
     counts: &'a [u32; 256],
     freqs: [u32; 256],
-    present: Vec<usize>,
+    present: FixedVec<usize, 256>,
     /// Cost (in nats) saved by giving symbol `s` one more slot.
     gain: [f64; 256],
     /// Cost (in nats) added by taking one slot from symbol `s` (infinite at frequency 1).
@@ -476,7 +478,7 @@ struct Rebalancer<'a> {
 
 impl<'a> Rebalancer<'a> {
     fn new(counts: &'a [u32; 256], freqs: [u32; 256]) -> Self {
-        let present: Vec<usize> = (0..256).filter(|&s| counts[s] > 0).collect();
+        let present: FixedVec<usize, 256> = (0..256).filter(|&s| counts[s] > 0).collect();
         let mut r = Rebalancer {
             counts,
             freqs,
@@ -562,8 +564,9 @@ impl<'a> Rebalancer<'a> {
 // the few scattered values of an XOR delta).
 
 /// Maximal runs of consecutive present symbols, as (first symbol, length).
-fn symbol_runs(freqs: &[u32; 256]) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
+fn symbol_runs(freqs: &[u32; 256]) -> FixedVec<(usize, usize), 128> {
+    // At most 128 runs: two runs are separated by at least one absent symbol.
+    let mut runs = FixedVec::new();
     for s in (0..256).filter(|&s| freqs[s] > 0) {
         match runs.last_mut() {
             Some((start, len)) if *start + *len == s => *len += 1,
@@ -605,7 +608,7 @@ fn table_bytes(freqs: &[u32; 256]) -> usize {
 
 fn write_table(freqs: &[u32; 256], out: &mut Vec<u8>) {
     let runs = symbol_runs(freqs);
-    let present: Vec<u8> = (0..=255).filter(|&s| freqs[s as usize] > 0).collect();
+    let present: FixedVec<u8, 256> = (0..=255).filter(|&s| freqs[s as usize] > 0).collect();
     if symbols_as_list(present.len(), runs.len()) {
         out.push(0x80 | (present.len() - 1) as u8);
         out.push(present[0]);
@@ -631,15 +634,16 @@ fn write_table(freqs: &[u32; 256], out: &mut Vec<u8>) {
 
 /// Parsed table: present symbols ascending with their frequencies (summing to the scale).
 struct Table {
-    symbols: Vec<u8>,
-    freqs: Vec<u32>,
+    symbols: FixedVec<u8, 256>,
+    freqs: FixedVec<u32, 256>,
 }
 
 /// Reads the symbol set (strictly ascending, at least two); returns it and the bytes it took.
-fn read_symbols(input: &[u8]) -> Result<(Vec<u8>, usize), CorruptStream> {
+fn read_symbols(input: &[u8]) -> Result<(FixedVec<u8, 256>, usize), CorruptStream> {
     let truncated = || corrupt("truncated table");
     let (&head, rest) = input.split_first().ok_or_else(truncated)?;
-    let mut symbols = Vec::new();
+    // At most 256: the list's symbols ascend strictly, and runs end by symbol 255.
+    let mut symbols = FixedVec::new();
     let used = if head & 0x80 != 0 {
         let count = (head & 0x7f) as usize + 1;
         let bytes = rest.get(..count).ok_or_else(truncated)?;
@@ -679,7 +683,7 @@ fn read_table(input: &[u8], precision: u32) -> Result<(Table, usize), CorruptStr
     let truncated = || corrupt("truncated table");
     let scale = 1u32 << precision;
     let mut bits = BitReader::new(&input[set_bytes..]);
-    let mut freqs = Vec::with_capacity(symbols.len());
+    let mut freqs = FixedVec::new();
     let mut sum = 0u32;
     for _ in 1..symbols.len() {
         let len = bits.get(4).ok_or_else(truncated)? + 1;
@@ -721,15 +725,15 @@ fn read_nibble_tables(input: &[u8], precision: u32) -> Result<(Table, usize), Co
         nibbles[1] = nibbles[0];
     }
     let freqs = nibble_product(&nibbles[0], &nibbles[1], precision);
-    let symbols: Vec<u8> = (0..=255u8).filter(|&b| freqs[b as usize] > 0).collect();
+    let symbols: FixedVec<u8, 256> = (0..=255u8).filter(|&b| freqs[b as usize] > 0).collect();
     let freqs = symbols.iter().map(|&b| freqs[b as usize]).collect();
     Ok((Table { symbols, freqs }, used))
 }
 
-/// Packs values LSB-first.
+/// Packs values LSB-first (a frequency table's: at most 255 values of at most 20 bits).
 #[derive(Default)]
 struct BitWriter {
-    bytes: Vec<u8>,
+    bytes: FixedVec<u8, 1024>,
     acc: u64,
     count: u32,
 }
@@ -862,16 +866,26 @@ fn encode_plan_with(symbols: &[u8], plan: &Plan, out: &mut Vec<u8>, simd: Simd, 
     }
     let table = encoder_table(&plan.freqs, plan.precision);
     let p = plan.precision;
-    let states: Vec<u32> = match plan.lanes {
-        1 => encode_lanes::<1>(symbols, &table, p, out, Simd::Off, false).to_vec(),
-        2 => encode_lanes::<2>(symbols, &table, p, out, Simd::Off, false).to_vec(),
-        8 => encode_lanes::<8>(symbols, &table, p, out, Simd::Off, false).to_vec(),
+    let states: FixedVec<u32, WIDE_LANES> = match plan.lanes {
+        1 => encode_lanes::<1>(symbols, &table, p, out, Simd::Off, false)
+            .into_iter()
+            .collect(),
+        2 => encode_lanes::<2>(symbols, &table, p, out, Simd::Off, false)
+            .into_iter()
+            .collect(),
+        8 => encode_lanes::<8>(symbols, &table, p, out, Simd::Off, false)
+            .into_iter()
+            .collect(),
         NARROW_SIMD_LANES => {
-            encode_lanes::<NARROW_SIMD_LANES>(symbols, &table, p, out, simd, lookup).to_vec()
+            encode_lanes::<NARROW_SIMD_LANES>(symbols, &table, p, out, simd, lookup)
+                .into_iter()
+                .collect()
         }
-        _ => encode_lanes::<WIDE_LANES>(symbols, &table, p, out, simd, lookup).to_vec(),
+        _ => encode_lanes::<WIDE_LANES>(symbols, &table, p, out, simd, lookup)
+            .into_iter()
+            .collect(),
     };
-    for state in states {
+    for state in states.iter() {
         out.extend_from_slice(&state.to_le_bytes());
     }
 }
@@ -1121,7 +1135,7 @@ fn build_slots(table: &Table, precision: u32, scratch: &mut Scratch) -> Result<(
 struct Stream<'a> {
     precision: u32,
     words: &'a [u8],
-    states: Vec<u32>,
+    states: FixedVec<u32, WIDE_LANES>,
     /// The most frequent symbol with its first slot and frequency, for the one-lane fast path.
     dominant: (u8, u32, u32),
 }
@@ -1235,7 +1249,7 @@ fn parse(tag: u8, rest: &[u8]) -> Result<(Table, Stream<'_>), CorruptStream> {
         return Err(corrupt("odd word bytes"));
     }
     let (words, state_bytes) = body.split_at(words_len);
-    let mut states = Vec::with_capacity(lanes);
+    let mut states = FixedVec::new();
     for chunk in state_bytes.chunks_exact(4) {
         let state = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         if state < STATE_LOW {
@@ -1574,7 +1588,7 @@ mod simd {
         packed: [u32; 256],
         /// The bytes of `packed` as four tables (freq low, freq high, start low, start high)
         /// for `encode_vbmi`'s in-register lookups; `None` without AVX-512 VBMI and VBMI2.
-        bytes: Option<Box<ByteTables>>,
+        bytes: Option<ByteTables>,
         precision: u32,
         /// The states of lanes `16 v + 15` down to `16 v` in vector `v`.
         x: [[u32; 16]; WIDE_LANES / 16],
@@ -1625,7 +1639,7 @@ mod simd {
                 e.packed[s] = freq | start << 16;
             }
             if lookup && vbmi_available() {
-                let mut bytes = Box::new(ByteTables([[0; 256]; 4]));
+                let mut bytes = ByteTables([[0; 256]; 4]);
                 for (s, &p) in e.packed.iter().enumerate() {
                     for (t, b) in bytes.0.iter_mut().zip(p.to_le_bytes()) {
                         t[s] = b;
@@ -1777,7 +1791,7 @@ mod simd {
             out: &mut [u8],
             mut pos: usize,
         ) -> usize {
-            let Some(bytes) = self.bytes.as_deref() else {
+            let Some(bytes) = self.bytes.as_ref() else {
                 return pos;
             };
             // SAFETY: each table is 256 bytes, four 64-byte loads.
@@ -2396,6 +2410,40 @@ mod tests {
     }
 
     #[test]
+    fn size_bound_counts_symbols_and_runs_as_a_plain_loop() {
+        let mut rng = Rng(77);
+        for density in [1u64, 3, 10, 50, 90, 100] {
+            for _ in 0..40 {
+                let mut hist = Histogram {
+                    counts: [0; 256],
+                    total: 0,
+                };
+                for c in hist.counts.iter_mut() {
+                    *c = (rng.next() % 100 < density) as u32 * 3;
+                    hist.total += *c as usize;
+                }
+                // The loop the bound used before counting on the presence set.
+                let (mut distinct, mut runs, mut prev) = (0usize, 0usize, false);
+                for &c in &hist.counts {
+                    let here = c > 0;
+                    distinct += here as usize;
+                    runs += (here && !prev) as usize;
+                    prev = here;
+                }
+                let set = if symbols_as_list(distinct, runs) {
+                    distinct
+                } else {
+                    2 * runs
+                };
+                let table = 1 + set + (4 * distinct.saturating_sub(1)).div_ceil(8);
+                let info = 1000.0;
+                let any = 1 + table + payload_bytes(info, lanes_for(info)).round() as usize;
+                assert_eq!(encoded_size_bound(&hist, info).0, any);
+            }
+        }
+    }
+
+    #[test]
     fn empty_and_constant() {
         assert!(check_roundtrip(&[]).is_empty());
         assert_eq!(encoded_size(&Histogram::of(&[])), 0);
@@ -2788,7 +2836,7 @@ mod tests {
             let (table, used) = read_table(&out, precision).unwrap();
             assert_eq!(used, out.len());
             let present: Vec<u8> = (0..=255).filter(|&s| freqs[s as usize] > 0).collect();
-            assert_eq!(table.symbols, present);
+            assert_eq!(&*table.symbols, &present[..]);
             assert!(table
                 .symbols
                 .iter()

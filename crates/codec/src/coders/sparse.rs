@@ -46,7 +46,8 @@ fn fill_and_exceptions(hist: &Histogram) -> (u8, usize) {
 /// which over-estimates clustered changes by at most a byte each); `None` when the plane
 /// is not sparse enough to consider.
 pub fn encoded_size(hist: &Histogram) -> Option<usize> {
-    let (_, n) = fill_and_exceptions(hist);
+    // Only the count matters here, and a plain maximum vectorises (runs for every plane).
+    let n = hist.total - hist.counts.iter().copied().max().unwrap_or(0) as usize;
     if n == 0 || n * MAX_EXCEPTION_SHARE > hist.total {
         return None;
     }
