@@ -9,7 +9,6 @@
 //! the manifest, and the checksum means a corrupt frame is an error, never wrong bytes.
 
 use std::cell::RefCell;
-
 use std::ops::Range;
 
 use crate::coders::{huffman, nibble, rans, sparse, Histogram};
