@@ -1212,7 +1212,7 @@ mod tests {
         let fp8 = matches!(dtype, DType::F8_E4M3 | DType::F8_E5M2);
         let mut best: Option<((f64, usize), Layout, usize)> = None;
         for (index, &layout) in candidates.iter().enumerate() {
-            if chunk.len() % layout.unit() != 0 {
+            if !chunk.len().is_multiple_of(layout.unit()) {
                 continue;
             }
             let mut planes = Vec::new();

@@ -1375,7 +1375,7 @@ mod tests {
             match nibble(i)? {
                 15 => {
                     let run = (nibble(i + 1)? * 16 + nibble(i + 2)?) as usize + 1;
-                    lens.extend(std::iter::repeat(0).take(run));
+                    lens.extend(std::iter::repeat_n(0, run));
                     i += 3;
                 }
                 len => {
@@ -1450,7 +1450,8 @@ mod tests {
                 };
                 out.push(sym);
             }
-            if bit.div_ceil(8) != bytes.len() || (bit % 8 != 0 && bytes[bit / 8] << (bit % 8) != 0)
+            if bit.div_ceil(8) != bytes.len()
+                || (!bit.is_multiple_of(8) && bytes[bit / 8] << (bit % 8) != 0)
             {
                 return None;
             }
@@ -1639,7 +1640,7 @@ mod tests {
         round_trip(&data);
         // Counts 2^0 .. 2^17: an unlimited Huffman code would be 18 bits deep.
         let data: Vec<u8> = (0..18)
-            .flat_map(|s| std::iter::repeat(s as u8).take(1 << s))
+            .flat_map(|s| std::iter::repeat_n(s as u8, 1 << s))
             .collect();
         let lens = check_lengths(&Histogram::of(&data));
         assert_eq!(lens.iter().max(), Some(&(MAX_LEN as u8)));
@@ -1652,7 +1653,7 @@ mod tests {
         let data: Vec<u8> = fib
             .iter()
             .enumerate()
-            .flat_map(|(s, &c)| std::iter::repeat(s as u8 * 9).take(c))
+            .flat_map(|(s, &c)| std::iter::repeat_n(s as u8 * 9, c))
             .collect();
         let hist = Histogram::of(&data);
         let mut unlimited = [0u8; 256];

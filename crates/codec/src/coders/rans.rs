@@ -2089,7 +2089,7 @@ mod simd {
         pos: &mut usize,
         out: &mut [u8],
     ) -> usize {
-        assert!(8 * V == states.len() && V % 2 == 0);
+        assert!(8 * V == states.len() && V.is_multiple_of(2));
         debug_assert!(table.len() == 1 << precision && precision <= 12 && *pos <= words.len());
         let mask = _mm256_set1_epi32((1 << precision) - 1);
         let low12 = _mm256_set1_epi32(0xfff);
