@@ -72,8 +72,10 @@ impl Histogram {
         }
     }
 
-    /// An estimate of `Histogram::of(symbols)` from the first KiB of every 4 KiB, scaled to
-    /// `symbols.len()`; `None` unless all 256 byte values occur in that sample.
+    /// An estimate of `Histogram::of(symbols)` from one KiB of every 4 KiB, scaled to
+    /// `symbols.len()`; `None` unless all 256 byte values occur in that sample. Which KiB of
+    /// each 4 KiB is a hash of the block's index: a fixed one would alias with rows of 4 KiB
+    /// (say, padded with zeros at their ends) and miss or over-count what they end with.
     ///
     /// Meant for near-uniform byte planes (packed FP4 codes: two 4-bit codes per byte), where
     /// counting is a quarter of the encode time and a sample of a 256 KiB chunk costs about
@@ -88,8 +90,10 @@ impl Histogram {
             counts: [0; 256],
             total: 0,
         };
-        for block in symbols.chunks(STRIDE) {
-            let part = Histogram::of(&block[..block.len().min(RUN)]);
+        for (i, block) in symbols.chunks(STRIDE).enumerate() {
+            let quarter = ((i as u32).wrapping_mul(0x9E37_79B1) >> 30) as usize;
+            let from = (quarter * RUN).min(block.len().saturating_sub(RUN));
+            let part = Histogram::of(&block[from..block.len().min(from + RUN)]);
             for (c, p) in sample.counts.iter_mut().zip(&part.counts) {
                 *c += p;
             }
@@ -304,13 +308,30 @@ mod tests {
         // A value missing from the sample (here: from the whole input) means no estimate.
         let missing: Vec<u8> = uniform.iter().map(|&b| b.max(1)).collect();
         assert!(Histogram::sampled(&missing).is_none());
-        // A value that occurs only outside the sampled KiBs is not in the sample either.
-        let mut outside = vec![0u8; 8192];
-        for (i, b) in outside.iter_mut().enumerate().take(1024) {
-            *b = (i % 255) as u8;
-        }
-        outside[2000] = 255;
-        assert!(Histogram::sampled(&outside).is_none());
+        // One KiB of every 4 KiB is sampled: a value (255) found in one KiB only is seen
+        // for exactly one KiB position per 4 KiB block.
+        let base: Vec<u8> = (0..16384).map(|i| (i % 255) as u8).collect();
+        let seen: Vec<usize> = (0..16)
+            .filter(|&k| {
+                let mut probe = base.clone();
+                probe[k * 1024 + 100] = 255;
+                Histogram::sampled(&probe).is_some()
+            })
+            .collect();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(seen.iter().enumerate().all(|(block, &k)| k / 4 == block));
+        // Rows of 4 KiB whose last KiB is zero padding: the sample still sees the zeros in
+        // their share (a fixed first KiB would see none of them).
+        let padded: Vec<u8> = uniform[..262_144]
+            .chunks(4096)
+            .flat_map(|row| row[..3072].iter().copied().chain([0u8; 1024]))
+            .collect();
+        let exact = Histogram::of(&padded).counts[0] as f64;
+        let sampled = Histogram::sampled(&padded).expect("all values").counts[0] as f64;
+        assert!(
+            (sampled - exact).abs() < 0.2 * exact,
+            "{sampled} vs {exact}"
+        );
     }
 
     #[test]
