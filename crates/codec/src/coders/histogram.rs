@@ -36,40 +36,42 @@ impl Histogram {
     pub fn of(symbols: &[u8]) -> Self {
         // Sub-histogram 0 takes a quarter of the symbols plus up to 3 left over.
         match symbols.len() <= 4 * (u16::MAX as usize - 3) {
-            true => Self::count::<u16>(symbols),
-            false => Self::count::<u32>(symbols),
+            true => Self::count::<u16>([symbols]),
+            false => Self::count::<u32>([symbols]),
         }
     }
 
-    /// Counts in `C` per sub-histogram: `u16` for planes too short to overflow it (any K/V
-    /// page: half the counters to zero and merge, measured 7 % faster on an FP8 page).
+    /// Counts the symbols of every run, in `C` per sub-histogram: `u16` for planes too
+    /// short to overflow it (any K/V page: half the counters to zero and merge, measured 7 %
+    /// faster on an FP8 page).
     #[inline(always)]
-    fn count<C: Copy + Default + std::ops::AddAssign + From<u8> + Into<u32>>(
-        symbols: &[u8],
+    fn count<'a, C: Copy + Default + std::ops::AddAssign + From<u8> + Into<u32>>(
+        runs: impl IntoIterator<Item = &'a [u8]>,
     ) -> Self {
         // Four sub-histograms break the store-to-load dependency on runs of equal
         // symbols (an exponent plane is mostly a handful of values). (Reading eight
         // symbols as one word and shifting them out measured no faster.)
         let one = C::from(1u8);
         let mut sub = [[C::default(); 256]; 4];
-        let mut quads = symbols.chunks_exact(4);
-        for q in &mut quads {
-            sub[0][q[0] as usize] += one;
-            sub[1][q[1] as usize] += one;
-            sub[2][q[2] as usize] += one;
-            sub[3][q[3] as usize] += one;
-        }
-        for &s in quads.remainder() {
-            sub[0][s as usize] += one;
+        let mut total = 0;
+        for symbols in runs {
+            let mut quads = symbols.chunks_exact(4);
+            for q in &mut quads {
+                sub[0][q[0] as usize] += one;
+                sub[1][q[1] as usize] += one;
+                sub[2][q[2] as usize] += one;
+                sub[3][q[3] as usize] += one;
+            }
+            for &s in quads.remainder() {
+                sub[0][s as usize] += one;
+            }
+            total += symbols.len();
         }
         let mut counts = [0u32; 256];
         for (i, c) in counts.iter_mut().enumerate() {
             *c = sub[0][i].into() + sub[1][i].into() + sub[2][i].into() + sub[3][i].into();
         }
-        Histogram {
-            counts,
-            total: symbols.len(),
-        }
+        Histogram { counts, total }
     }
 
     /// An estimate of `Histogram::of(symbols)` from one KiB of every 4 KiB, scaled to
@@ -86,19 +88,13 @@ impl Histogram {
     pub fn sampled(symbols: &[u8]) -> Option<Self> {
         const RUN: usize = 1024;
         const STRIDE: usize = 4096;
-        let mut sample = Histogram {
-            counts: [0; 256],
-            total: 0,
-        };
-        for (i, block) in symbols.chunks(STRIDE).enumerate() {
+        let runs = symbols.chunks(STRIDE).enumerate().map(|(i, block)| {
             let quarter = ((i as u32).wrapping_mul(0x9E37_79B1) >> 30) as usize;
             let from = (quarter * RUN).min(block.len().saturating_sub(RUN));
-            let part = Histogram::of(&block[from..block.len().min(from + RUN)]);
-            for (c, p) in sample.counts.iter_mut().zip(&part.counts) {
-                *c += p;
-            }
-            sample.total += part.total;
-        }
+            &block[from..block.len().min(from + RUN)]
+        });
+        // One set of counters for all the runs (u32: a long chunk's sample can overflow u16).
+        let sample = Self::count::<u32>(runs);
         if sample.distinct() < 256 {
             return None;
         }
