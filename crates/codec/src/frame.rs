@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use crate::coders::rans::SmallPlanes;
 use crate::coders::{huffman, nibble, rans, sparse, Histogram};
 use crate::dtype::DType;
 use crate::fixed::FixedVec;
@@ -100,6 +101,9 @@ pub struct FrameOptions {
     /// table lookup), or too small for the wide SIMD rANS decoder. Elsewhere the smaller
     /// coding wins. 0 always takes the smaller.
     pub rans_min_gain: f64,
+    /// Whether small rANS planes get two or four lanes (smaller, slower a symbol) or eight
+    /// (see [`SmallPlanes`]).
+    pub small_planes: SmallPlanes,
 }
 
 impl FrameOptions {
@@ -119,6 +123,7 @@ impl Default for FrameOptions {
             zstd_level: 9,
             min_gain: 0.002,
             rans_min_gain: 0.005,
+            small_planes: SmallPlanes::Compact,
         }
     }
 }
@@ -198,7 +203,8 @@ pub const HUFFMAN_FAST_BELOW_BITS: usize = 4;
 /// [`choose_coder_bounded`] with the bounds worked out (tests compare it with a reference).
 #[cfg(test)]
 fn choose_coder(hist: &Histogram, opts: &FrameOptions, nibbles: bool) -> PlaneChoice {
-    choose_coder_bounded(hist, opts, &PlaneBounds::new(hist, nibbles, false))
+    let bounds = PlaneBounds::new(hist, nibbles, false, opts.small_planes);
+    choose_coder_bounded(hist, opts, &bounds)
 }
 
 /// What the coder choice starts from: cheap lower bounds on each coder's estimate, and
@@ -223,7 +229,7 @@ struct PlaneBounds {
 }
 
 impl PlaneBounds {
-    fn new(hist: &Histogram, nibbles: bool, fp4_bytes: bool) -> Self {
+    fn new(hist: &Histogram, nibbles: bool, fp4_bytes: bool, small: SmallPlanes) -> Self {
         let entropy_bits = hist.entropy_bits();
         if hist.total == 0 || hist.single_symbol().is_some() {
             return PlaneBounds {
@@ -243,7 +249,7 @@ impl PlaneBounds {
         let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
         let (rans, rans_wide) = match fp4_bytes {
             true => (0, 0),
-            false => rans::encoded_size_bound(hist, info_lb),
+            false => rans::encoded_size_bound(hist, info_lb, small),
         };
         let coded = huffman::encoded_size_bound(hist, info_lb)
             .min(rans)
@@ -311,7 +317,7 @@ fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) 
     let nibble_plan = || b.fp4_bytes.then(|| rans::plan_nibbles(hist)).flatten();
     let plan = match rans_may_win {
         false => None,
-        true => match (rans::plan(hist), nibble_plan()) {
+        true => match (rans::plan(hist, opts.small_planes), nibble_plan()) {
             (Some(full), Some(nib)) if nib.encoded_size() < full.encoded_size() => Some(nib),
             (full, _) => full,
         },
@@ -699,6 +705,7 @@ fn choose_layout_with(
             index,
             (start, s.hists.len()),
             s,
+            opts.small_planes,
         ));
     }
     if trials.len() > 1 {
@@ -743,7 +750,7 @@ fn choose_layout_with(
             // No dtype layout fits this chunk's length (a ragged tail): code it as bytes.
             let h = byte_hist.unwrap_or_else(|| Histogram::of(chunk));
             let f4 = dtype == DType::F4;
-            let bounds = PlaneBounds::new(&h, nibbles, f4);
+            let bounds = PlaneBounds::new(&h, nibbles, f4, opts.small_planes);
             let c = choose_coder_bounded(&h, opts, &bounds);
             let size = c.size;
             let start = s.hists.len();
@@ -769,6 +776,7 @@ fn trial(
     index: usize,
     hists: (usize, usize),
     s: &Scratch,
+    small: SmallPlanes,
 ) -> Trial {
     let layout = candidates[index];
     let nibbles = dtype != DType::F4;
@@ -776,7 +784,7 @@ fn trial(
     let planes = &s.hists[hists.0..hists.1];
     let bounds: FixedVec<PlaneBounds, MAX_LAYOUT_PLANES> = planes
         .iter()
-        .map(|h| PlaneBounds::new(h, nibbles, fp4_bytes))
+        .map(|h| PlaneBounds::new(h, nibbles, fp4_bytes, small))
         .collect();
     let fp8_split = candidates
         .iter()
@@ -1106,7 +1114,7 @@ mod tests {
         }
         let raw = hist.total;
         let h = huffman::encoded_size(hist);
-        let Some(plan) = rans::plan(hist) else {
+        let Some(plan) = rans::plan(hist, opts.small_planes) else {
             return (Coder::Huffman, h);
         };
         let r = plan.encoded_size();
@@ -1187,6 +1195,10 @@ mod tests {
                 rans_min_gain: 0.02,
                 ..FrameOptions::default()
             },
+            FrameOptions {
+                small_planes: SmallPlanes::Fast,
+                ..FrameOptions::default()
+            },
         ] {
             for plane in test_planes() {
                 let hist = Histogram::of(&plane);
@@ -1224,7 +1236,9 @@ mod tests {
                 let h = Histogram::of(p);
                 match fp4_bytes {
                     true => {
-                        choose_coder_bounded(&h, &opts, &PlaneBounds::new(&h, false, true)).size
+                        let small = opts.small_planes;
+                        choose_coder_bounded(&h, &opts, &PlaneBounds::new(&h, false, true, small))
+                            .size
                     }
                     false => choose_coder(&h, &opts, nibbles).size,
                 }
@@ -1298,8 +1312,9 @@ mod tests {
             }
             let lb = hist.entropy_bits_lower_bound();
             assert!(huffman::encoded_size_bound(&hist, lb) <= huffman::encoded_size(&hist));
-            let (any, wide) = rans::encoded_size_bound(&hist, lb);
-            let plan = rans::plan(&hist).expect("two symbols");
+            let small = SmallPlanes::Compact;
+            let (any, wide) = rans::encoded_size_bound(&hist, lb, small);
+            let plan = rans::plan(&hist, small).expect("two symbols");
             assert!(any <= plan.encoded_size());
             if plan.decodes_wide() {
                 assert!(wide <= plan.encoded_size());

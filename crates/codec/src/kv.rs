@@ -35,6 +35,7 @@
 //! decoding more of them makes no heap allocation (`tests/kv_no_alloc.rs` checks it). A
 //! chunk that looks repetitive still allocates zstd's output when zstd is tried.
 
+use crate::coders::rans::SmallPlanes;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::fixed::FixedVec;
@@ -191,17 +192,32 @@ fn check_shape(dtype: DType, shape: &[u64], layout: KvLayout) -> Result<usize> {
 }
 
 /// Reusable state for coding a stream of K/V blocks (e.g. the pages of a paged cache).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KvBlockCodec {
-    /// Frame settings (default: the product's defaults).
+    /// Frame settings (default: the product's defaults, but eight rANS lanes on small
+    /// planes: a page's planes are all small, and two or four lanes halve their speed).
     pub frame: FrameOptions,
     transposed: Vec<u8>,
     trial: Vec<u8>,
     best: Vec<u8>,
 }
 
+impl Default for KvBlockCodec {
+    fn default() -> Self {
+        KvBlockCodec {
+            frame: FrameOptions {
+                small_planes: SmallPlanes::Fast,
+                ..FrameOptions::default()
+            },
+            transposed: Vec::new(),
+            trial: Vec::new(),
+            best: Vec::new(),
+        }
+    }
+}
+
 impl KvBlockCodec {
-    /// A codec with default frame settings.
+    /// A codec with the default settings for K/V blocks.
     pub fn new() -> Self {
         Self::default()
     }

@@ -16,14 +16,17 @@
 //!   nibble's then the high nibble's, each at the stream's precision), whose product gives the byte frequencies (see [`nibble_product`]). Packed
 //!   FP4 bytes hold two near-independent codes: the product models them as well as a full
 //!   256-entry table does, in 30 bytes instead of 200, so small FP4 planes can be coded as
-//!   bytes (half the symbols of coding the codes one by one) without paying a big table.
+//!   bytes (half the symbols of coding the codes one by one) without paying a big table;
+//! - or the same as `KIND_RANS` with bits 0-1 `KIND_RANS_FEW_LANES` (0), whose lane code
+//!   indexes `FEW_LANE_COUNTS` (2, 4): small planes, added after the tag's lane code was full.
 //!
 //! States are 32-bit in `[2^16, 2^32)` with 16-bit renormalisation (ryg_rans "rans_word"): a
 //! decode step reads at most one word, so the hot loop is branch-free. Symbol `i` belongs to lane
 //! `i % lanes`; the lanes are independent dependency chains, which is what makes decoding fast.
 //! Precision is 12 bits (decode table in L1) unless 14 or 16 save real bytes on a skewed plane;
 //! lanes are 64 (four AVX-512 or eight AVX2 vectors: the decoder gathers slot entries, see
-//! `simd`), or 32 / 8 / 1 when the payload is so small that the flushed states would show.
+//! `simd`), or 32 / 8 / 4 / 2 / 1 when the payload is so small that the flushed states would
+//! show.
 
 use super::{CorruptStream, Histogram};
 use crate::fixed::FixedVec;
@@ -44,6 +47,8 @@ const FINE_PRECISIONS: [u32; 2] = [14, MAX_PRECISION];
 const FINE_PRECISION_MIN_GAIN: f64 = 0.005;
 /// Lane counts by the tag's lane code (bits 2-3).
 const LANE_COUNTS: [usize; 4] = [1, 8, NARROW_SIMD_LANES, WIDE_LANES];
+/// Lane counts of a `KIND_RANS_FEW_LANES` stream by its lane code (codes 2 and 3 are invalid).
+const FEW_LANE_COUNTS: [usize; 2] = [2, 4];
 /// Lanes for large planes: four AVX-512 vectors of sixteen, enough independent chains to hide
 /// most of the SIMD decode step's latency (a table gather, the multiply, the refill expand).
 /// With 32 lanes, BF16 frames decoded about 20% slower; the 96 more flushed bytes cost under
@@ -57,20 +62,42 @@ const NARROW_SIMD_LANES: usize = 32;
 const NARROW_LANES_BELOW_BYTES: f64 = 32768.0;
 /// Payloads under this many bytes use eight lanes (32 flushed states would pass 0.6%).
 const EIGHT_LANES_BELOW_BYTES: f64 = 16384.0;
+/// Payloads under this many bytes use four lanes: eight flushed states (about 24 bytes over
+/// their information) would pass 0.3%.
+const FOUR_LANES_BELOW_BYTES: f64 = 8192.0;
+/// Payloads under this many bytes use two lanes. Block scales of a layer (a few KB) come
+/// here: four flushed states plus the table would pass 1% of them. Two lanes decode about
+/// 1.8x slower a symbol than eight, on planes that are a few hundredths of a file.
+const TWO_LANES_BELOW_BYTES: f64 = 4096.0;
 /// Payloads under this many bytes use one lane. On a large plane that means one symbol
 /// dominates, which the one-lane decoder has a fast path for.
 const ONE_LANE_BELOW_BYTES: f64 = 512.0;
+/// Coarser precisions are tried when the table is more than 1/this of the stream.
+const COARSE_TABLE_SHARE: usize = 100;
 /// Caps the frequency exchange search; it normally stops after a handful of moves.
 const MAX_EXCHANGES: usize = 4096;
 
+/// A byte-table rANS stream with two or four lanes (`FEW_LANE_COUNTS`). Its own kind
+/// because `LANE_COUNTS` already filled the tag's lane code when small planes needed them;
+/// streams written before it decode as they did.
+const KIND_RANS_FEW_LANES: u8 = 0;
 const KIND_CONSTANT: u8 = 1;
 const KIND_RANS: u8 = 2;
 /// A rANS stream whose byte frequencies are the product of two nibble tables.
 const KIND_RANS_NIBBLES: u8 = 3;
 
-/// Whether the tag is that of a rANS stream (either table form).
+/// Whether the tag is that of a rANS stream (any table form or lane set).
 fn is_rans(tag: u8) -> bool {
-    matches!(tag & 3, KIND_RANS | KIND_RANS_NIBBLES)
+    matches!(tag & 3, KIND_RANS | KIND_RANS_NIBBLES | KIND_RANS_FEW_LANES)
+}
+
+/// The lane count a rANS tag says; `None` for a lane code its kind does not have.
+fn tag_lanes(tag: u8) -> Option<usize> {
+    let code = ((tag >> 2) & 3) as usize;
+    match tag & 3 {
+        KIND_RANS_FEW_LANES => FEW_LANE_COUNTS.get(code).copied(),
+        _ => Some(LANE_COUNTS[code]),
+    }
 }
 
 fn corrupt(reason: &'static str) -> CorruptStream {
@@ -88,7 +115,7 @@ pub fn encoded_size(hist: &Histogram) -> usize {
     match hist.distinct() {
         0 => 0,
         1 => 2,
-        _ => Plan::new(hist).encoded_size(),
+        _ => Plan::new(hist, SmallPlanes::Compact).encoded_size(),
     }
 }
 
@@ -101,7 +128,7 @@ pub fn encode(symbols: &[u8], hist: &Histogram, out: &mut Vec<u8>) {
     match hist.distinct() {
         0 => {}
         1 => out.extend_from_slice(&[KIND_CONSTANT, symbols.first().copied().unwrap_or(0)]),
-        _ => encode_plan(symbols, &Plan::new(hist), out),
+        _ => encode_plan(symbols, &Plan::new(hist, SmallPlanes::Compact), out),
     }
 }
 
@@ -143,8 +170,8 @@ pub fn decode_interleaved(
 /// The encoder's choices for a plane of at least two distinct symbols, made once: what
 /// [`encoded_size`] and [`encode`] each work out from the histogram, for a caller that needs
 /// both ([`plan`], [`Plan::encoded_size`], [`encode_planned`]).
-pub fn plan(hist: &Histogram) -> Option<Plan> {
-    (hist.distinct() >= 2).then(|| Plan::new(hist))
+pub fn plan(hist: &Histogram, small: SmallPlanes) -> Option<Plan> {
+    (hist.distinct() >= 2).then(|| Plan::new(hist, small))
 }
 
 /// A plan whose byte frequencies are the product of the low and high nibbles' (the
@@ -190,7 +217,8 @@ pub fn plan_nibbles(hist: &Histogram) -> Option<Plan> {
             };
             Plan {
                 precision,
-                lanes: lanes_for(info_bits),
+                // The nibble-table kind has no few-lane codes (FP4 planes are large).
+                lanes: lanes_for(info_bits, SmallPlanes::Fast),
                 freqs,
                 info_bits,
                 table_bytes: 1 + tables,
@@ -305,7 +333,11 @@ pub fn decode(input: &[u8], out: &mut [u8]) -> Result<(), CorruptStream> {
 /// takes at least 4 bits, and quantised frequencies never code below the entropy; the
 /// payload estimate grows with the information and with the lanes, which grow with it.
 /// A wide plan has at least `EIGHT_LANES_BELOW_BYTES` of information and 32 lanes.
-pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> (usize, usize) {
+pub fn encoded_size_bound(
+    hist: &Histogram,
+    info_bits_lb: f64,
+    small: SmallPlanes,
+) -> (usize, usize) {
     // Distinct symbols, and runs of consecutive ones (a run starts at a symbol whose
     // predecessor is absent), counted on the set of present symbols.
     let (mut distinct, mut runs, mut carry) = (0usize, 0usize, 0u64);
@@ -321,16 +353,33 @@ pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> (usize, usize)
     };
     let table = 1 + set + (4 * distinct.saturating_sub(1)).div_ceil(8);
     let info = info_bits_lb.max(0.0);
-    let any = 1 + table + payload_bytes(info, lanes_for(info)).round() as usize;
+    let any = 1 + table + payload_bytes(info, lanes_for(info, small)).round() as usize;
     let wide_info = info.max(EIGHT_LANES_BELOW_BYTES * 8.0);
-    let wide = 1 + table + payload_bytes(wide_info, lanes_for(wide_info)).round() as usize;
+    let wide = 1 + table + payload_bytes(wide_info, lanes_for(wide_info, small)).round() as usize;
     (any, wide)
 }
 
+/// How the encoder trades a few bytes against speed on small planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SmallPlanes {
+    /// Two or four lanes where eight lanes' flushed states would pass 0.3 % of the payload
+    /// (about half the speed a symbol), and coarser frequencies tried where the table is
+    /// over 1 % of the stream (more work to plan). For files, whose small planes (block
+    /// scales, norms, biases) are a few percent of the symbols.
+    #[default]
+    Compact,
+    /// Eight lanes down to one-lane payloads, the usual precision only: for K/V pages, whose
+    /// planes are all small and whose encode and decode speed is the point.
+    Fast,
+}
+
 /// Lanes for a plane of `info_bits` of information (non-decreasing in it).
-fn lanes_for(info_bits: f64) -> usize {
+fn lanes_for(info_bits: f64, small: SmallPlanes) -> usize {
+    let compact = small == SmallPlanes::Compact;
     match info_bits / 8.0 {
         bytes if bytes < ONE_LANE_BELOW_BYTES => 1,
+        bytes if compact && bytes < TWO_LANES_BELOW_BYTES => 2,
+        bytes if compact && bytes < FOUR_LANES_BELOW_BYTES => 4,
         bytes if bytes < EIGHT_LANES_BELOW_BYTES => 8,
         bytes if bytes < NARROW_LANES_BELOW_BYTES => NARROW_SIMD_LANES,
         _ => WIDE_LANES,
@@ -353,12 +402,24 @@ pub struct Plan {
 
 impl Plan {
     /// Picks the cheapest precision, preferring the fast one unless a finer one saves real bytes.
-    fn new(hist: &Histogram) -> Plan {
+    fn new(hist: &Histogram, small: SmallPlanes) -> Plan {
         let min_precision = ceil_log2(hist.distinct());
         // Short planes don't need 4096 slots: building the table would dominate decoding.
         let base =
             (ceil_log2(hist.total) + 2).clamp(min_precision, FAST_PRECISION.max(min_precision));
-        let mut best = Plan::at(hist, base);
+        let mut best = Plan::at(hist, base, small);
+        // On small planes the table shows: coarser frequencies take fewer bits each.
+        if small == SmallPlanes::Compact
+            && best.table_bytes * COARSE_TABLE_SHARE > best.encoded_size()
+        {
+            for precision in (min_precision.max(base.saturating_sub(3))..base).rev() {
+                let candidate = Plan::at(hist, precision, small);
+                if candidate.total_bytes() >= best.total_bytes() {
+                    break;
+                }
+                best = candidate;
+            }
+        }
         // A finer precision can at best remove the quantisation excess over the entropy:
         // don't evaluate it when even that would not pay for two more bits.
         let excess_bytes = (best.info_bits - hist.entropy_bytes() * 8.0) / 8.0;
@@ -366,7 +427,7 @@ impl Plan {
             return best;
         }
         for precision in FINE_PRECISIONS.into_iter().filter(|&p| p > base) {
-            let candidate = Plan::at(hist, precision);
+            let candidate = Plan::at(hist, precision, small);
             // Each extra bit of precision must save 0.1% and a byte: bigger tables decode slower.
             let bits_more = (precision - best.precision) as f64;
             let worth_it =
@@ -391,12 +452,12 @@ impl Plan {
         1 + self.table_bytes + payload_bytes(self.info_bits, self.lanes).round() as usize
     }
 
-    fn at(hist: &Histogram, precision: u32) -> Plan {
+    fn at(hist: &Histogram, precision: u32, small: SmallPlanes) -> Plan {
         let freqs = normalize(hist, precision);
         let info_bits = info_bits(hist, &freqs, precision);
         Plan {
             precision,
-            lanes: lanes_for(info_bits),
+            lanes: lanes_for(info_bits, small),
             freqs,
             info_bits,
             table_bytes: table_bytes(&freqs),
@@ -818,10 +879,17 @@ impl EncSymbol {
     }
 }
 
-/// The tag byte of a rANS stream; `lanes` must be one of `LANE_COUNTS`.
+/// The tag byte of a byte-table rANS stream; `lanes` must be one of `LANE_COUNTS` or
+/// `FEW_LANE_COUNTS`.
 fn tag(precision: u32, lanes: usize) -> u8 {
-    let code = LANE_COUNTS.iter().position(|&n| n == lanes).unwrap_or(3) as u8;
-    KIND_RANS | code << 2 | ((precision - 1) as u8) << 4
+    let (kind, code) = match FEW_LANE_COUNTS.iter().position(|&n| n == lanes) {
+        Some(code) => (KIND_RANS_FEW_LANES, code),
+        None => (
+            KIND_RANS,
+            LANE_COUNTS.iter().position(|&n| n == lanes).unwrap_or(3),
+        ),
+    };
+    kind | (code as u8) << 2 | ((precision - 1) as u8) << 4
 }
 
 fn encoder_table(freqs: &[u32; 256], precision: u32) -> [EncSymbol; 256] {
@@ -871,6 +939,9 @@ fn encode_plan_with(symbols: &[u8], plan: &Plan, out: &mut Vec<u8>, simd: Simd, 
             .into_iter()
             .collect(),
         2 => encode_lanes::<2>(symbols, &table, p, out, Simd::Off, false)
+            .into_iter()
+            .collect(),
+        4 => encode_lanes::<4>(symbols, &table, p, out, Simd::Off, false)
             .into_iter()
             .collect(),
         8 => encode_lanes::<8>(symbols, &table, p, out, Simd::Off, false)
@@ -1212,6 +1283,8 @@ fn decode_slots<T: SlotTable>(
     let (p, words, states) = (s.precision, s.words, &s.states[..]);
     match (states.len(), p) {
         (1, _) => decode_one_lane(table, s, out).map(|()| 0),
+        (2, _) => decode_lanes::<2, 0, T>(table, p, words, states, out, Simd::Off, None),
+        (4, _) => decode_lanes::<4, 0, T>(table, p, words, states, out, Simd::Off, None),
         (8, 12) => decode_lanes::<8, 12, T>(table, p, words, states, out, Simd::Off, None),
         (8, 14) => decode_lanes::<8, 14, T>(table, p, words, states, out, Simd::Off, None),
         (8, 16) => decode_lanes::<8, 16, T>(table, p, words, states, out, Simd::Off, None),
@@ -1234,7 +1307,7 @@ fn decode_slots<T: SlotTable>(
 
 /// Splits a rANS stream (after the tag) into its frequency table, words and lane states.
 fn parse(tag: u8, rest: &[u8]) -> Result<(Table, Stream<'_>), CorruptStream> {
-    let lanes = LANE_COUNTS[((tag >> 2) & 3) as usize];
+    let lanes = tag_lanes(tag).ok_or(corrupt("bad lane code"))?;
     let precision = (tag >> 4) as u32 + 1;
     let (table, used) = match tag & 3 {
         KIND_RANS_NIBBLES => read_nibble_tables(rest, precision)?,
@@ -2286,7 +2359,7 @@ mod tests {
         let hist = Histogram::of(symbols);
         let plan = Plan {
             lanes,
-            ..Plan::at(&hist, precision)
+            ..Plan::at(&hist, precision, SmallPlanes::Compact)
         };
         let mut out = Vec::new();
         encode_plan(symbols, &plan, &mut out);
@@ -2359,7 +2432,7 @@ mod tests {
     /// Obviously-right decoder: finds each slot's symbol by linear search.
     fn reference_decode(input: &[u8], len: usize) -> Option<Vec<u8>> {
         let tag = input[0];
-        let lanes = LANE_COUNTS[((tag >> 2) & 3) as usize];
+        let lanes = tag_lanes(tag)?;
         let precision = (tag >> 4) as u32 + 1;
         let (table, used) = match tag & 3 {
             KIND_RANS_NIBBLES => read_nibble_tables(&input[1..], precision).ok()?,
@@ -2437,8 +2510,10 @@ mod tests {
                 };
                 let table = 1 + set + (4 * distinct.saturating_sub(1)).div_ceil(8);
                 let info = 1000.0;
-                let any = 1 + table + payload_bytes(info, lanes_for(info)).round() as usize;
-                assert_eq!(encoded_size_bound(&hist, info).0, any);
+                let any = 1
+                    + table
+                    + payload_bytes(info, lanes_for(info, SmallPlanes::Compact)).round() as usize;
+                assert_eq!(encoded_size_bound(&hist, info, SmallPlanes::Compact).0, any);
             }
         }
     }
@@ -2484,7 +2559,7 @@ mod tests {
             {
                 let min_precision = ceil_log2(Histogram::of(&plane).distinct());
                 for precision in [min_precision, 9, 12, 13, 14, 15, 16] {
-                    for lanes in LANE_COUNTS {
+                    for lanes in LANE_COUNTS.into_iter().chain(FEW_LANE_COUNTS) {
                         let precision = precision.max(min_precision);
                         let stream = encoded_with(&plane, precision, lanes);
                         let mut out = vec![0u8; len];
@@ -2509,7 +2584,11 @@ mod tests {
                     for lanes in [NARROW_SIMD_LANES, WIDE_LANES] {
                         let plan = Plan {
                             lanes,
-                            ..Plan::at(&Histogram::of(&plane), precision.max(min_precision))
+                            ..Plan::at(
+                                &Histogram::of(&plane),
+                                precision.max(min_precision),
+                                SmallPlanes::Compact,
+                            )
                         };
                         let mut slow = Vec::new();
                         encode_plan_at(&plane, &plan, &mut slow, Simd::Off);
@@ -2872,7 +2951,7 @@ mod tests {
         ] {
             let hist = Histogram::of(&plane);
             let stream = check_roundtrip(&plane);
-            let plan = Plan::new(&hist);
+            let plan = Plan::new(&hist, SmallPlanes::Compact);
             let coded = (stream.len() - 1 - plan.table_bytes) as f64;
             let ratio = coded / hist.entropy_bytes();
             assert!(ratio < 1.01, "{name}: {ratio} of entropy ({hist:?})");
@@ -2896,6 +2975,30 @@ mod tests {
                     (estimate - actual).abs() <= slack,
                     "estimate {estimate} actual {actual} {hist:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn small_payloads_get_few_lanes_and_bad_lane_codes_fail() {
+        let mut rng = Rng(31);
+        // About 1.55 bits a symbol: 3.5 KB of payload, two lanes; 5.8 KB, four.
+        for (len, lanes) in [(18_432, 2), (30_000, 4)] {
+            let plane = e8m0_plane(&mut rng, len);
+            let stream = encoded(&plane);
+            assert_eq!(stream[0] & 3, KIND_RANS_FEW_LANES);
+            assert_eq!(tag_lanes(stream[0]), Some(lanes));
+            // K/V pages keep eight lanes on such planes.
+            let fast = plan(&Histogram::of(&plane), SmallPlanes::Fast).unwrap();
+            assert_eq!(fast.lanes, 8);
+            let mut out = vec![0u8; len];
+            decode(&stream, &mut out).unwrap();
+            assert_eq!(out, plane);
+            // The few-lane kind has lane codes 0 and 1 only.
+            for code in [2u8, 3] {
+                let mut bad = stream.clone();
+                bad[0] = bad[0] & !0b1100 | code << 2;
+                assert!(decode(&bad, &mut out).is_err());
             }
         }
     }
@@ -3205,7 +3308,10 @@ mod tests {
             // coding, and far smaller on small planes.
             let plane = fp4_bytes(&mut rng, len);
             let hist = Histogram::of(&plane);
-            let (nib, full) = (plan_nibbles(&hist).unwrap(), plan(&hist).unwrap());
+            let (nib, full) = (
+                plan_nibbles(&hist).unwrap(),
+                plan(&hist, SmallPlanes::Compact).unwrap(),
+            );
             assert!(nib.table_bytes < 64, "{}", nib.table_bytes);
             if len >= 10_000 {
                 assert!(nib.info_bits <= full.info_bits * 1.003 + 64.0);
