@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use crate::coders::rans::SmallPlanes;
-use crate::coders::{huffman, nibble, rans, sparse, Histogram};
+use crate::coders::{huffman, nibble, rans, sample_runs, sparse, Histogram};
 use crate::dtype::DType;
 use crate::fixed::FixedVec;
 use crate::layout::Layout;
@@ -378,20 +378,48 @@ fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) 
 /// estimates what coding them as matches would save over order-0 coding with `hist` (the
 /// chunk's byte histogram, counted here when not given), which must be 1/16 of the chunk.
 pub fn looks_repetitive(chunk: &[u8], hist: Option<&Histogram>) -> bool {
-    let words = chunk.chunks_exact(8).map(|w| {
+    words_look_repetitive(words(chunk), chunk.len(), hist.ok_or(chunk), 16)
+}
+
+/// [`looks_repetitive`] on the sample that [`Histogram::sampled`] counts (one KiB of every
+/// 4 KiB), for chunks planned from that sample (`hist`): the full check read every byte
+/// of the chunk and was a sixth of FP4 encoding. A repeat is seen when its earlier copy is
+/// in the sample too, so a quarter of the repeats at random distances are: the share they
+/// must reach is a quarter of the full check's. Zero padding repeats everywhere.
+pub fn sample_looks_repetitive(chunk: &[u8], hist: &Histogram) -> bool {
+    let sample = sample_runs(chunk);
+    let len = sample.clone().map(<[u8]>::len).sum();
+    words_look_repetitive(sample.flat_map(words), len, Ok(hist), 64)
+}
+
+/// The aligned 8-byte words of `bytes` (a partial last word is left out).
+fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + Clone + '_ {
+    bytes.chunks_exact(8).map(|w| {
         let mut a = [0u8; 8];
         a.copy_from_slice(w);
         u64::from_le_bytes(a)
-    });
+    })
+}
+
+/// The test of [`looks_repetitive`] on `words` (`len` bytes): at least 1/`share` of them
+/// are repeats, and coding those as matches saves 1/`share` of the order-0 cost under
+/// `hist`, or under the histogram of the bytes given instead (counted only when the
+/// first test passes).
+fn words_look_repetitive(
+    words: impl Iterator<Item = u64> + Clone,
+    len: usize,
+    hist: Result<&Histogram, &[u8]>,
+    share: usize,
+) -> bool {
     let (hits, samples) = repeated_words(words.clone());
-    if !(samples >= 64 && hits * 16 > samples) {
+    if !(samples >= 64 && hits * share > samples) {
         return false;
     }
     let counted;
     let hist = match hist {
-        Some(h) => h,
-        None => {
-            counted = Histogram::of(chunk);
+        Ok(h) => h,
+        Err(bytes) => {
+            counted = Histogram::of(bytes);
             &counted
         }
     };
@@ -410,8 +438,8 @@ pub fn looks_repetitive(chunk: &[u8], hist: Option<&Histogram>) -> bool {
             .sum()
     };
     let saved = repeat_savings(words, word_cost);
-    let all = (hist.entropy_bits_per_symbol() * 256.0 * chunk.len() as f64) as u64;
-    saved * 16 > all
+    let all = (hist.entropy_bits_per_symbol() * 256.0 * len as f64) as u64;
+    saved * share as u64 > all
 }
 
 /// What coding the repeats as matches would save over order-0 coding, roughly: the order-0
@@ -516,7 +544,11 @@ pub fn encode_frame(
             Layout::Bytes => hists.first(),
             _ => None,
         };
-        if looks_repetitive(chunk, byte_hist) {
+        let repetitive = match (chosen.sampled, byte_hist) {
+            (true, Some(sample)) => sample_looks_repetitive(chunk, sample),
+            _ => looks_repetitive(chunk, byte_hist),
+        };
+        if repetitive {
             if let Some(stats) = encode_zstd(chunk, opts, chosen.size, byte_hist, out) {
                 return stats;
             }
@@ -628,6 +660,8 @@ struct Chosen {
     split_done: bool,
     /// Order-0 entropy of its planes, in bytes ([`FrameStats::floor_bytes`]).
     floor_bytes: f64,
+    /// Whether it was planned from [`Histogram::sampled`].
+    sampled: bool,
 }
 
 /// The candidate layout whose planes code smallest by the coders' estimates, with its
@@ -649,7 +683,10 @@ fn choose_layout(
 ) -> Chosen {
     if dtype == DType::F4 && chunk.len() >= SAMPLED_HISTOGRAM_MIN_BYTES {
         if let Some(sampled) = Histogram::sampled(chunk) {
-            let chosen = choose_layout_with(chunk, dtype, candidates, opts, s, Some(sampled));
+            let chosen = Chosen {
+                sampled: true,
+                ..choose_layout_with(chunk, dtype, candidates, opts, s, Some(sampled))
+            };
             // Only rANS (which codes any symbol with a nonzero count) and raw take an
             // estimated histogram; anything else is chosen again on the exact one.
             let estimate_ok = s
@@ -744,6 +781,7 @@ fn choose_layout_with(
                 size,
                 split_done: split == Some(layout),
                 floor_bytes: t.bounds.iter().map(|b| b.entropy_bits / 8.0).sum(),
+                sampled: false,
             }
         }
         None => {
@@ -763,6 +801,7 @@ fn choose_layout_with(
                 size,
                 split_done: false,
                 floor_bytes: bounds.entropy_bits / 8.0,
+                sampled: false,
             }
         }
     }
@@ -1439,6 +1478,29 @@ mod tests {
             .collect::<Vec<u8>>();
         padded[..32768].fill(0);
         assert!(looks_repetitive(&padded, None));
+    }
+
+    #[test]
+    fn the_sampled_repeat_check_finds_padding_and_copies_not_noise() {
+        let noise = fp4_chunk(256 * 1024, 7);
+        let sampled = |c: &[u8]| sample_looks_repetitive(c, &Histogram::sampled(c).unwrap());
+        assert!(!sampled(&noise));
+        // Rows of 3 KiB whose last KiB is zero padding: the padding straddles the sampled
+        // KiBs at every offset.
+        let mut padded = noise.clone();
+        for row in padded.chunks_mut(3072) {
+            let pad = row.len() * 2 / 3;
+            row[pad..].fill(0);
+        }
+        assert!(sampled(&padded));
+        // The second half a copy of the first, at a distance that is no multiple of 4 KiB.
+        let mut copied = noise.clone();
+        let (half, shift) = (noise.len() / 2, 1000);
+        copied.copy_within(shift..shift + half - 8, half);
+        assert!(sampled(&copied));
+        // The encoder takes zstd for the copy (planned from the sample: a long FP4 chunk).
+        let s = round_trip(&copied, DType::F4);
+        assert_eq!(&*s.coders, &[Coder::Zstd]);
     }
 
     /// Packed FP4 bytes: two codes of rounded Gaussian-like values per byte; with an even

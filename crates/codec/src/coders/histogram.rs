@@ -74,10 +74,8 @@ impl Histogram {
         Histogram { counts, total }
     }
 
-    /// An estimate of `Histogram::of(symbols)` from one KiB of every 4 KiB, scaled to
-    /// `symbols.len()`; `None` unless all 256 byte values occur in that sample. Which KiB of
-    /// each 4 KiB is a hash of the block's index: a fixed one would alias with rows of 4 KiB
-    /// (say, padded with zeros at their ends) and miss or over-count what they end with.
+    /// An estimate of `Histogram::of(symbols)` from one KiB of every 4 KiB ([`sample_runs`]),
+    /// scaled to `symbols.len()`; `None` unless all 256 byte values occur in that sample.
     ///
     /// Meant for near-uniform byte planes (packed FP4 codes: two 4-bit codes per byte), where
     /// counting is a quarter of the encode time and a sample of a 256 KiB chunk costs about
@@ -86,15 +84,8 @@ impl Histogram {
     /// little less tightly. Coders that size their output from the counts (Huffman) need
     /// the exact histogram.
     pub fn sampled(symbols: &[u8]) -> Option<Self> {
-        const RUN: usize = 1024;
-        const STRIDE: usize = 4096;
-        let runs = symbols.chunks(STRIDE).enumerate().map(|(i, block)| {
-            let quarter = ((i as u32).wrapping_mul(0x9E37_79B1) >> 30) as usize;
-            let from = (quarter * RUN).min(block.len().saturating_sub(RUN));
-            &block[from..block.len().min(from + RUN)]
-        });
         // One set of counters for all the runs (u32: a long chunk's sample can overflow u16).
-        let sample = Self::count::<u32>(runs);
+        let sample = Self::count::<u32>(sample_runs(symbols));
         if sample.distinct() < 256 {
             return None;
         }
@@ -207,6 +198,19 @@ impl Histogram {
     pub fn entropy_bits_lower_bound(&self) -> f64 {
         (self.entropy_bits() - self.total as f64 * 1e-6).max(0.0)
     }
+}
+
+/// The sample [`Histogram::sampled`] counts: one KiB of every 4 KiB of `symbols`. Which KiB
+/// of each 4 KiB is a hash of the block's index: a fixed one would alias with rows of 4 KiB
+/// (say, padded with zeros at their ends) and miss or over-count what they end with.
+pub fn sample_runs(symbols: &[u8]) -> impl Iterator<Item = &[u8]> + Clone {
+    const RUN: usize = 1024;
+    const STRIDE: usize = 4096;
+    symbols.chunks(STRIDE).enumerate().map(|(i, block)| {
+        let quarter = ((i as u32).wrapping_mul(0x9E37_79B1) >> 30) as usize;
+        let from = (quarter * RUN).min(block.len().saturating_sub(RUN));
+        &block[from..block.len().min(from + RUN)]
+    })
 }
 
 /// Largest absolute error of [`fast_log2`] (checked by a test against `f64::log2`).
