@@ -12,7 +12,9 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use crate::coders::rans::SmallPlanes;
-use crate::coders::{huffman, nibble, rans, sample_runs, sparse, Histogram};
+use crate::coders::{
+    huffman, nibble, rans, sample_runs, sparse, Histogram, SAMPLE_RUN, SAMPLE_STRIDE,
+};
 use crate::dtype::DType;
 use crate::fixed::FixedVec;
 use crate::layout::Layout;
@@ -382,14 +384,15 @@ pub fn looks_repetitive(chunk: &[u8], hist: Option<&Histogram>) -> bool {
 }
 
 /// [`looks_repetitive`] on the sample that [`Histogram::sampled`] counts (one KiB of every
-/// 4 KiB), for chunks planned from that sample (`hist`): the full check read every byte
+/// 8 KiB), for chunks planned from that sample (`hist`): the full check read every byte
 /// of the chunk and was a sixth of FP4 encoding. A repeat is seen when its earlier copy is
-/// in the sample too, so a quarter of the repeats at random distances are: the share they
-/// must reach is a quarter of the full check's. Zero padding repeats everywhere.
+/// in the sample too, so an eighth of the repeats at random distances are: the share they
+/// must reach is an eighth of the full check's. Zero padding repeats everywhere.
 pub fn sample_looks_repetitive(chunk: &[u8], hist: &Histogram) -> bool {
     let sample = sample_runs(chunk);
     let len = sample.clone().map(<[u8]>::len).sum();
-    words_look_repetitive(sample.flat_map(words), len, Ok(hist), 64)
+    let share = 16 * SAMPLE_STRIDE / SAMPLE_RUN;
+    words_look_repetitive(sample.flat_map(words), len, Ok(hist), share)
 }
 
 /// The aligned 8-byte words of `bytes` (a partial last word is left out).
@@ -1493,7 +1496,7 @@ mod tests {
             row[pad..].fill(0);
         }
         assert!(sampled(&padded));
-        // The second half a copy of the first, at a distance that is no multiple of 4 KiB.
+        // The second half a copy of the first, at a distance that is no multiple of 1 KiB.
         let mut copied = noise.clone();
         let (half, shift) = (noise.len() / 2, 1000);
         copied.copy_within(shift..shift + half - 8, half);

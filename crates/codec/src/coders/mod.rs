@@ -11,4 +11,4 @@ pub mod nibble;
 pub mod rans;
 pub mod sparse;
 
-pub use histogram::{sample_runs, CorruptStream, Histogram};
+pub use histogram::{sample_runs, CorruptStream, Histogram, SAMPLE_RUN, SAMPLE_STRIDE};
