@@ -71,6 +71,12 @@ struct PlaneRow {
     /// Coded bytes of the planes more than 1 % above their own floor (planes whose floor is
     /// under 1 KiB are left out: a length byte alone is 1 % of them).
     over_1pct_bytes: u64,
+    /// Sum of each plane's floor plus the cost of describing its statistics to a decoder
+    /// that does not know them ([`Histogram::model_cost_bits`]): what the minimax-optimal
+    /// universal order-0 code pays, which short planes' bare floors leave out.
+    floor_model_bytes: f64,
+    /// Coded bytes of the planes (floor of 1 KiB or more) more than 1 % above that.
+    over_1pct_model_bytes: u64,
     /// Coders used, by name, with the number of planes each coded.
     coders: BTreeMap<String, u64>,
 }
@@ -112,14 +118,20 @@ fn plane_efficiency(
                 planes = vec![chunk.to_vec()];
             }
             for (p, (plane, (coder, size))) in planes.iter().zip(sizes).enumerate() {
-                let floor = Histogram::of(plane).entropy_bytes();
+                let hist = Histogram::of(plane);
+                let floor = hist.entropy_bytes();
+                let floor_model = floor + hist.model_cost_bits() / 8.0;
                 let key = format!("{} {} plane {p}", e.coded_as, h.layout.name());
                 let row = rows.entry(key).or_default();
                 row.planes += 1;
                 row.coded_bytes += size as u64;
                 row.floor_bytes += floor;
+                row.floor_model_bytes += floor_model;
                 if floor >= 1024.0 && size as f64 > floor * 1.01 {
                     row.over_1pct_bytes += size as u64;
+                }
+                if floor >= 1024.0 && size as f64 > floor_model * 1.01 {
+                    row.over_1pct_model_bytes += size as u64;
                 }
                 *row.coders.entry(coder.name().to_string()).or_default() += 1;
             }
@@ -295,19 +307,21 @@ fn print_table(out: &mut impl Write, r: &FileReport) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "  {:<36} {:>7} {:>12} {:>10} {:>8}  coders",
-        "plane (chunk-wise)", "planes", "coded bytes", "×floor", ">1% of"
+        "  {:<36} {:>7} {:>12} {:>8} {:>7} {:>8} {:>7}  coders",
+        "plane (chunk-wise)", "planes", "coded bytes", "×floor", ">1% of", "×f+model", ">1% of"
     )?;
     for (k, p) in r.planes.iter().filter(|(_, p)| p.coded_bytes >= 4096) {
         let coders: Vec<String> = p.coders.iter().map(|(c, n)| format!("{c}×{n}")).collect();
         writeln!(
             out,
-            "  {:<36} {:>7} {:>12} {:>10.4} {:>7.1}%  {}",
+            "  {:<36} {:>7} {:>12} {:>8.4} {:>6.1}% {:>8.4} {:>6.1}%  {}",
             k,
             p.planes,
             p.coded_bytes,
             p.coded_bytes as f64 / p.floor_bytes.max(1.0),
             100.0 * p.over_1pct_bytes as f64 / p.coded_bytes as f64,
+            p.coded_bytes as f64 / p.floor_model_bytes.max(1.0),
+            100.0 * p.over_1pct_model_bytes as f64 / p.coded_bytes as f64,
             coders.join(" ")
         )?;
     }

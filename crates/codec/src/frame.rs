@@ -202,6 +202,29 @@ impl PlaneChoice {
 /// in most lookups, where SIMD rANS (32 or 64 lanes) runs ahead.
 pub const HUFFMAN_FAST_BELOW_BITS: usize = 4;
 
+/// Planes with fewer symbols than this may give up the speed margin (see [`speed_margin`]).
+const SMALL_PLANE_SYMBOLS: usize = 64 << 10;
+
+/// The margin rANS must win by over a Huffman coding of `huffman_bytes` where Huffman
+/// decodes faster: `opts.rans_min_gain`, unless the plane is small (and the options
+/// [`SmallPlanes::Compact`]) and that Huffman coding is more than 1 % over what the
+/// universal order-0 code costs (`entropy_bits` + [`Histogram::model_cost_bits`]): the
+/// coder efficiency target. A file's small planes (block scales of a layer, norms) are a few
+/// percent of its symbols, so their slower decoding costs little.
+fn speed_margin(
+    opts: &FrameOptions,
+    hist: &Histogram,
+    entropy_bits: f64,
+    huffman_bytes: usize,
+) -> f64 {
+    let small = opts.small_planes == SmallPlanes::Compact && hist.total < SMALL_PLANE_SYMBOLS;
+    let wasteful = || huffman_bytes as f64 * 8.0 > (entropy_bits + hist.model_cost_bits()) * 1.01;
+    match opts.rans_min_gain > 0.0 && small && wasteful() {
+        true => 0.0,
+        false => opts.rans_min_gain,
+    }
+}
+
 /// [`choose_coder_bounded`] with the bounds worked out (tests compare it with a reference).
 #[cfg(test)]
 fn choose_coder(hist: &Histogram, opts: &FrameOptions, nibbles: bool) -> PlaneChoice {
@@ -309,12 +332,13 @@ fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) 
     let huffman_fast = h * 8 < HUFFMAN_FAST_BELOW_BITS * hist.total;
     // The margin rANS must win by: always for plans too narrow for the SIMD decoder, and
     // for wide ones where Huffman decodes several symbols per lookup.
+    let margin = speed_margin(opts, hist, b.entropy_bits, h);
     let wide_margin = match huffman_fast {
-        true => opts.rans_min_gain,
+        true => margin,
         false => 0.0,
     };
     let rans_may_win = b.fp4_bytes
-        || ((rans_lb + 8) as f64) < h as f64 * (1.0 - opts.rans_min_gain)
+        || ((rans_lb + 8) as f64) < h as f64 * (1.0 - margin)
         || ((rans_wide_lb + 8) as f64) < h as f64 * (1.0 - wide_margin);
     let nibble_plan = || b.fp4_bytes.then(|| rans::plan_nibbles(hist)).flatten();
     let plan = match rans_may_win {
@@ -334,7 +358,7 @@ fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) 
         Some(plan) => {
             let r = plan.encoded_size();
             let margin = match huffman_fast || !plan.decodes_wide() {
-                true => opts.rans_min_gain,
+                true => margin,
                 false => 0.0,
             };
             // rANS must win by more than its estimate's slack, and by the margin.
@@ -1162,7 +1186,7 @@ mod tests {
         let r = plan.encoded_size();
         let huffman_fast = h * 8 < HUFFMAN_FAST_BELOW_BITS * hist.total;
         let margin = match huffman_fast || !plan.decodes_wide() {
-            true => opts.rans_min_gain,
+            true => speed_margin(opts, hist, hist.entropy_bits(), h),
             false => 0.0,
         };
         let mut best = if ((r + 8) as f64) < h as f64 * (1.0 - margin) {
