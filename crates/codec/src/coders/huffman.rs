@@ -78,6 +78,10 @@ pub struct Plan {
     size: usize,
     /// Bits of the coded symbols.
     bits: u64,
+    /// The smallest and the largest symbol with a code (both 0 for an empty plane): the
+    /// encoder's passes over the lengths cover only these.
+    lo: usize,
+    hi: usize,
 }
 
 impl Plan {
@@ -94,17 +98,23 @@ pub fn plan(hist: &Histogram) -> Plan {
             lens: [0; 256],
             size: 0,
             bits: 0,
+            lo: 0,
+            hi: 0,
         };
     }
     // Every pass below covers only the used symbols: an exponent plane's dozen, not 256.
     let (lo, hi) = used_symbols(hist);
-    let lens = code_lengths(hist);
-    let table = 2 + length_nibbles(&lens[lo..=hi], &mut [0; 256]).div_ceil(2);
+    let lens = code_lengths_in(hist, lo, hi);
+    // Exactly the used symbols have a length, so the table's size follows from which they
+    // are (`table_bytes_of_used`), without writing its nibbles.
+    let table = table_bytes_of_used(hist);
     if lo == hi {
         return Plan {
             lens,
             size: table,
             bits: 0,
+            lo,
+            hi,
         };
     }
     let bits: u64 = (lo..=hi)
@@ -114,13 +124,23 @@ pub fn plan(hist: &Histogram) -> Plan {
         lens,
         size: stream_overhead(hist.total) + table + bits.div_ceil(8) as usize,
         bits,
+        lo,
+        hi,
     }
 }
 
-/// The smallest and the largest symbol that occur in a nonempty plane.
+/// The smallest and the largest symbol that occur in a nonempty plane, from the set of
+/// used symbols (a scalar search through the counts from either end was a fifth of
+/// planning an exponent plane's code).
 fn used_symbols(hist: &Histogram) -> (usize, usize) {
-    let lo = hist.counts.iter().position(|&c| c > 0).unwrap_or(0);
-    let hi = hist.counts.iter().rposition(|&c| c > 0).unwrap_or(lo);
+    let used = hist.presence();
+    let lo = (0..4)
+        .find(|&w| used[w] != 0)
+        .map_or(0, |w| 64 * w + used[w].trailing_zeros() as usize);
+    let hi = (0..4)
+        .rev()
+        .find(|&w| used[w] != 0)
+        .map_or(lo, |w| 64 * w + 63 - used[w].leading_zeros() as usize);
     (lo, hi)
 }
 
@@ -141,24 +161,31 @@ pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> usize {
 }
 
 /// [`table_bytes`] of a code in which exactly the symbols with nonzero `counts` have a
-/// length (the table's size does not depend on which lengths), in one pass: each used
-/// symbol is a nibble, each gap between used symbols its length in nibbles, or 3 from
-/// [`MIN_ZERO_RUN`] on.
+/// length (the table's size does not depend on which lengths), on the 256-bit set of used
+/// symbols: each used symbol is a nibble, each gap of `g` unused symbols between used ones
+/// `min(g, 3)` (its length in zero nibbles, or 3 from [`MIN_ZERO_RUN`] on), i.e. one per
+/// unused symbol that has a used one at most 3 places before it, up to the last used
+/// symbol. A few word operations instead of a loop over the used symbols (a full byte
+/// plane's 180 of them made this bound a twentieth of an FP8 page's encode).
 fn table_bytes_of_used(hist: &Histogram) -> usize {
-    let (mut nibbles, mut prev) = (0usize, None);
-    for (w, mut word) in hist.presence().into_iter().enumerate() {
-        while word != 0 {
-            let s = 64 * w + word.trailing_zeros() as usize;
-            word &= word - 1;
-            let gap = prev.map_or(0, |p| s - p - 1);
-            nibbles += 1 + if gap >= MIN_ZERO_RUN { 3 } else { gap };
-            prev = Some(s);
-        }
+    const _: () = assert!(MIN_ZERO_RUN == 4, "the gap cost below is min(gap, 3)");
+    let used = hist.presence();
+    let Some(last) = (0..4).rev().find(|&w| used[w] != 0) else {
+        return 0;
+    };
+    let hi = 64 * last + 63 - used[last].leading_zeros() as usize;
+    let (mut nibbles, mut below) = (0usize, 0u64);
+    for (w, &word) in used.iter().enumerate().take(last + 1) {
+        // Bit `s` of `after`: one of `s - 1 ..= s - 3` is used (`below`: the word under).
+        let after = word << 1 | below >> 63 | word << 2 | below >> 62 | word << 3 | below >> 61;
+        let upto = match hi - 64 * w {
+            h if h >= 63 => u64::MAX,
+            h => (2u64 << h) - 1,
+        };
+        nibbles += word.count_ones() as usize + (after & !word & upto).count_ones() as usize;
+        below = word;
     }
-    match prev {
-        Some(_) => 2 + nibbles.div_ceil(2),
-        None => 0,
-    }
+    2 + nibbles.div_ceil(2)
 }
 
 /// Appends a self-contained stream (code-length table, stream sizes, bitstreams) coding
@@ -174,12 +201,13 @@ pub fn encode_planned(symbols: &[u8], hist: &Histogram, plan: &Plan, out: &mut V
     if n == 0 {
         return;
     }
-    let lens = &plan.lens;
-    write_lengths(lens, out);
-    if hist.distinct() == 1 {
+    let (lens, lo, hi) = (&plan.lens, plan.lo, plan.hi);
+    write_lengths_in(lens, lo, hi, out);
+    if lo == hi {
+        // One distinct symbol: the table is all.
         return;
     }
-    let codes = canonical_codes(lens);
+    let codes = canonical_codes_in(lens, lo, hi);
     let streams = stream_count(n);
     let width = size_width(n, streams);
     let sizes_at = out.len();
@@ -294,6 +322,7 @@ fn size_width(n: usize, streams: usize) -> usize {
 }
 
 /// Range of symbols that have a code (both ends used); `None` when none has.
+#[cfg(test)]
 fn used_range(lens: &[u8; 256]) -> Option<(usize, usize)> {
     let lo = lens.iter().position(|&l| l > 0)?;
     let hi = lens.iter().rposition(|&l| l > 0)?;
@@ -331,10 +360,15 @@ fn table_bytes(lens: &[u8; 256]) -> usize {
     2 + length_nibbles(&lens[lo..=hi], &mut [0; 256]).div_ceil(2)
 }
 
+#[cfg(test)]
 fn write_lengths(lens: &[u8; 256], out: &mut Vec<u8>) {
-    let Some((lo, hi)) = used_range(lens) else {
-        return;
-    };
+    if let Some((lo, hi)) = used_range(lens) {
+        write_lengths_in(lens, lo, hi, out);
+    }
+}
+
+/// Appends the code-length table of `lens`, whose used range is `lo..=hi`.
+fn write_lengths_in(lens: &[u8; 256], lo: usize, hi: usize, out: &mut Vec<u8>) {
     let mut nibbles = [0u8; 256];
     let count = length_nibbles(&lens[lo..=hi], &mut nibbles);
     out.push(lo as u8);
@@ -395,12 +429,18 @@ fn read_lengths(input: &[u8]) -> Result<([u8; 256], usize), CorruptStream> {
 ///
 /// Plain Huffman first (cheap, and usually within the limit); package-merge only when the
 /// tree is too deep, e.g. for an exponent plane's long tail of rare values.
+#[cfg(test)]
 fn code_lengths(hist: &Histogram) -> [u8; 256] {
+    let (lo, hi) = used_symbols(hist);
+    code_lengths_in(hist, lo, hi)
+}
+
+/// [`code_lengths`] of a plane whose used symbols are within `lo..=hi`.
+fn code_lengths_in(hist: &Histogram, lo: usize, hi: usize) -> [u8; 256] {
     let mut lens = [0u8; 256];
     // Sort by (count, symbol): the symbol in the low byte makes ties deterministic.
     let mut keys = [0u64; 256];
     let mut n = 0;
-    let (lo, hi) = used_symbols(hist);
     for (s, &c) in hist.counts.iter().enumerate().take(hi + 1).skip(lo) {
         if c > 0 {
             keys[n] = (c as u64) << 8 | s as u64;
@@ -535,22 +575,38 @@ fn package_merge<const CAP: usize>(w: &[u64], lens: &mut [u8]) {
 struct Codes {
     code: [u16; 256],
     len: [u8; 256],
+    /// The largest symbol with a code.
+    hi: usize,
 }
 
+#[cfg(test)]
 fn canonical_codes(lens: &[u8; 256]) -> Codes {
-    let mut next = first_codes(lens);
+    let (lo, hi) = used_range(lens).unwrap_or((0, 0));
+    canonical_codes_in(lens, lo, hi)
+}
+
+/// The canonical code of `lens`, whose used range is `lo..=hi` (passes over it only: an
+/// exponent plane's code is a dozen symbols of 256).
+fn canonical_codes_in(lens: &[u8; 256], lo: usize, hi: usize) -> Codes {
+    let used = &lens[lo..=hi];
+    let mut next = first_codes(used);
     let mut code = [0u16; 256];
-    for (c, &len) in code.iter_mut().zip(lens.iter()) {
+    for (c, &len) in code[lo..=hi].iter_mut().zip(used) {
         if len > 0 {
             *c = next[len as usize] as u16;
             next[len as usize] += 1;
         }
     }
-    Codes { code, len: *lens }
+    Codes {
+        code,
+        len: *lens,
+        hi,
+    }
 }
 
-/// First canonical code of each length (deflate's `next_code`).
-fn first_codes(lens: &[u8; 256]) -> [u32; MAX_LEN as usize + 1] {
+/// First canonical code of each length (deflate's `next_code`) for these lengths (0 for
+/// unused symbols).
+fn first_codes(lens: &[u8]) -> [u32; MAX_LEN as usize + 1] {
     let mut count = [0u32; MAX_LEN as usize + 1];
     for &len in lens.iter().filter(|&&l| l > 0) {
         count[len as usize] += 1;
@@ -608,7 +664,7 @@ mod simd {
             return 0;
         }
         // SAFETY: the features the kernels are compiled for were detected just above.
-        match codes.len[64..].iter().all(|&l| l == 0) {
+        match codes.hi < 64 {
             true => unsafe { encode_vbmi::<true>(symbols, codes, w, out) },
             false => unsafe { encode_vbmi::<false>(symbols, codes, w, out) },
         }
@@ -1832,6 +1888,12 @@ mod tests {
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     *c = ((x >> 33) % 100 < density) as u32 * (1 + (x >> 50) as u32 % 9);
+                }
+                // Symbols at the ends and around the words' edges as well.
+                for s in [0usize, 1, 62, 63, 64, 66, 127, 128, 190, 191, 192, 255] {
+                    if (x >> (s % 61)) & 7 == 0 {
+                        counts[s] = 1;
+                    }
                 }
                 let present = counts.map(|c| (c > 0) as u8);
                 let hist = Histogram {
