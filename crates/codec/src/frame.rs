@@ -239,7 +239,15 @@ impl PlaneBounds {
         }
         // `Histogram::entropy_bits_lower_bound`, from the entropy already worked out.
         let info_lb = (entropy_bits - hist.total as f64 * 1e-6).max(0.0);
-        let sparse = sparse::encoded_size(hist);
+        // Sparse coding needs one symbol in 15/16 of the plane, which leaves at most
+        // h(1/16) + log2(255) / 16 < 0.84 bits per symbol of entropy (Fano): above 1 bit
+        // (far above `entropy_bits`' error) it is ruled out without finding the largest
+        // count (a pass the baseline target makes slow: it has no unsigned max).
+        const _: () = assert!(sparse::MAX_EXCEPTION_SHARE >= 16, "the bound assumes at most 1/16");
+        let sparse = match entropy_bits >= hist.total as f64 {
+            true => None,
+            false => sparse::encoded_size(hist),
+        };
         let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
         let (rans, rans_wide) = match fp4_bytes {
             true => (0, 0),
