@@ -468,6 +468,8 @@ fn code_lengths_in(hist: &Histogram, lo: usize, hi: usize) -> [u8; 256] {
             package_merge::<30>(w, d);
         } else if n <= 64 {
             package_merge::<126>(w, d);
+        } else if n <= 128 {
+            package_merge::<254>(w, d);
         } else {
             package_merge::<510>(w, d);
         }
@@ -531,8 +533,8 @@ fn package_merge<const CAP: usize>(w: &[u64], lens: &mut [u8]) {
     let cap = 2 * n - 2;
     let mut is_leaf = [[false; CAP]; L];
     let mut list_len = [0usize; L];
-    let mut prev = [0u64; CAP];
-    let mut cur = [0u64; CAP];
+    // The list below (`prev`) and the one being merged (`cur`), swapped after each list.
+    let (mut prev, mut cur) = (&mut [0u64; CAP], &mut [0u64; CAP]);
     prev[..n].copy_from_slice(w);
     is_leaf[L - 1][..n].fill(true);
     list_len[L - 1] = n;
@@ -556,7 +558,7 @@ fn package_merge<const CAP: usize>(w: &[u64], lens: &mut [u8]) {
             m += 1;
         }
         list_len[d] = m;
-        prev[..m].copy_from_slice(&cur[..m]);
+        std::mem::swap(&mut prev, &mut cur);
     }
     lens.fill(0);
     let mut take = cap;
@@ -1865,6 +1867,87 @@ mod tests {
         }
     }
 
+    /// The merge as it was first written (one list size, lists copied, not swapped): the
+    /// sized and swapping merge must give the same lengths (the frames' bytes).
+    fn package_merge_as_first_written(w: &[u64], lens: &mut [u8]) {
+        const L: usize = MAX_LEN as usize;
+        const CAP: usize = 510;
+        let n = w.len();
+        let cap = 2 * n - 2;
+        let mut is_leaf = [[false; CAP]; L];
+        let mut list_len = [0usize; L];
+        let mut prev = [0u64; CAP];
+        let mut cur = [0u64; CAP];
+        prev[..n].copy_from_slice(w);
+        is_leaf[L - 1][..n].fill(true);
+        list_len[L - 1] = n;
+        for d in (0..L - 1).rev() {
+            let packages = list_len[d + 1] / 2;
+            let (mut i, mut j, mut m) = (0, 0, 0);
+            while m < cap && (i < n || j < packages) {
+                let package = if j < packages {
+                    prev[2 * j] + prev[2 * j + 1]
+                } else {
+                    u64::MAX
+                };
+                if i < n && w[i] <= package {
+                    cur[m] = w[i];
+                    is_leaf[d][m] = true;
+                    i += 1;
+                } else {
+                    cur[m] = package;
+                    j += 1;
+                }
+                m += 1;
+            }
+            list_len[d] = m;
+            prev[..m].copy_from_slice(&cur[..m]);
+        }
+        lens.fill(0);
+        let mut take = cap;
+        for d in 0..L {
+            let take_d = take.min(list_len[d]);
+            let leaves = is_leaf[d][..take_d].iter().filter(|&&b| b).count();
+            for len in &mut lens[..leaves] {
+                *len += 1;
+            }
+            take = 2 * (take_d - leaves);
+        }
+    }
+
+    #[test]
+    fn package_merge_matches_the_one_first_written() {
+        let mut x = 5u64;
+        for n in [2usize, 3, 12, 16, 17, 40, 64, 65, 100, 128, 129, 200, 256] {
+            for shape in 0..4 {
+                let mut w: Vec<u64> = (0..n)
+                    .map(|i| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        match shape {
+                            // Geometric tails (deep trees), ties, flat, and mixed.
+                            0 => 1 + (x >> 60) * (1 << (i % 24)),
+                            1 => 1 + (x >> 62),
+                            2 => 1000 + (x >> 54),
+                            _ => 1 + ((x >> 40) >> (x >> 59)),
+                        }
+                    })
+                    .collect();
+                w.sort_unstable();
+                let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+                package_merge_as_first_written(&w, &mut a);
+                match n {
+                    0..=16 => package_merge::<30>(&w, &mut b),
+                    17..=64 => package_merge::<126>(&w, &mut b),
+                    65..=128 => package_merge::<254>(&w, &mut b),
+                    _ => package_merge::<510>(&w, &mut b),
+                }
+                assert_eq!(a, b, "n = {n}, shape {shape}");
+            }
+        }
+    }
+
     #[test]
     fn package_merge_list_sizes_agree() {
         for n in [2usize, 5, 16] {
@@ -1874,6 +1957,13 @@ mod tests {
             package_merge::<126>(&w, &mut b);
             package_merge::<510>(&w, &mut c);
             assert_eq!((&a, &b), (&c, &c), "n = {n}");
+        }
+        for n in [65usize, 100, 128] {
+            let w: Vec<u64> = (0..n as u64).map(|i| 1 + i * i * i * 37).collect();
+            let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+            package_merge::<254>(&w, &mut a);
+            package_merge::<510>(&w, &mut b);
+            assert_eq!(a, b, "n = {n}");
         }
     }
 
