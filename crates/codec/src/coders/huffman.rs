@@ -672,6 +672,25 @@ mod simd {
         }
     }
 
+    /// How many steps each whole block of `symbols` takes in the writer (empty without
+    /// AVX-512 VBMI), to check that the tests take every path.
+    #[cfg(test)]
+    pub(super) fn block_steps(symbols: &[u8], codes: &Codes) -> Vec<usize> {
+        if !available() {
+            return Vec::new();
+        }
+        let (blocks, _) = symbols.as_chunks::<64>();
+        // SAFETY: the features `Kernel` is compiled for were detected just above; the
+        // symbols are not assumed narrow.
+        unsafe {
+            let kernel = Kernel::new(codes);
+            blocks
+                .iter()
+                .map(|b| kernel.join_block::<false>(b).steps)
+                .collect()
+        }
+    }
+
     fn available() -> bool {
         std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
@@ -802,7 +821,7 @@ mod simd {
         }
     }
 
-    /// One block's codes joined for the writer: `steps` (8 or 16) codes and lengths.
+    /// One block's codes joined for the writer: `steps` (4, 8 or 16) codes and lengths.
     struct Joined {
         c: [u64; 16],
         l: [u64; 16],
@@ -817,6 +836,9 @@ mod simd {
         order: __m512i,
         even: __m512i,
         odd: __m512i,
+        /// Lanes 0, 2, 4, 6 (and 1, 3, 5, 7) of one register, twice: pairs of eights.
+        pair_even: __m512i,
+        pair_odd: __m512i,
         max_joined: __m512i,
     }
 
@@ -833,13 +855,16 @@ mod simd {
                 order: unsafe { _mm512_loadu_si512(ORDER.as_ptr().cast()) },
                 even: _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0),
                 odd: _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1),
+                pair_even: _mm512_set_epi64(6, 4, 2, 0, 6, 4, 2, 0),
+                pair_odd: _mm512_set_epi64(7, 5, 3, 1, 7, 5, 3, 1),
                 max_joined: _mm512_set1_epi64(MAX_JOINED_BITS as i64),
             }
         }
 
-        /// The joined codes of 64 symbols: eight codes of eight symbols where all fit
-        /// [`MAX_JOINED_BITS`] (low-entropy planes always do: half the steps on the
-        /// writer's dependency chain), else sixteen of four.
+        /// The joined codes of 64 symbols: four codes of sixteen symbols where all fit
+        /// [`MAX_JOINED_BITS`] (an exponent plane's blocks mostly do: a quarter of the
+        /// steps on the writer's dependency chain, which was most of coding it), else eight
+        /// of eight where those fit (low-entropy planes always do), else sixteen of four.
         #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
         fn join_block<const NARROW: bool>(&self, block: &[u8; 64]) -> Joined {
             // SAFETY: a 64-byte unaligned load of a 64-byte block.
@@ -874,9 +899,23 @@ mod simd {
                     let c_even = _mm512_permutex2var_epi64(ca, self.even, cb);
                     let c_odd = _mm512_permutex2var_epi64(ca, self.odd, cb);
                     let c8 = _mm512_or_si512(_mm512_sllv_epi64(c_even, l_odd), c_odd);
-                    _mm512_storeu_si512(c, c8);
-                    _mm512_storeu_si512(l, l8);
-                    j.steps = 8;
+                    // The same join once more, in lanes 0..4 (4..8 repeat them). Where a
+                    // sum is over the limit the joined code overflows, but is not used.
+                    // (Selecting the join by masks instead of branches measured slower.)
+                    let l_hi = _mm512_permutexvar_epi64(self.pair_odd, l8);
+                    let l16 = _mm512_add_epi64(_mm512_permutexvar_epi64(self.pair_even, l8), l_hi);
+                    if _mm512_mask_cmpgt_epu64_mask(0x0F, l16, self.max_joined) == 0 {
+                        let c_first = _mm512_permutexvar_epi64(self.pair_even, c8);
+                        let c_second = _mm512_permutexvar_epi64(self.pair_odd, c8);
+                        let c16 = _mm512_or_si512(_mm512_sllv_epi64(c_first, l_hi), c_second);
+                        _mm512_storeu_si512(c, c16);
+                        _mm512_storeu_si512(l, l16);
+                        j.steps = 4;
+                    } else {
+                        _mm512_storeu_si512(c, c8);
+                        _mm512_storeu_si512(l, l8);
+                        j.steps = 8;
+                    }
                 } else {
                     _mm512_storeu_si512(c, ca);
                     _mm512_storeu_si512(l, la);
@@ -943,6 +982,12 @@ mod simd {
     /// No vector path on this architecture: the scalar loop codes everything.
     pub(super) fn encode_blocks(_: &[u8], _: &Codes, _: &mut StreamWriter, _: &mut [u8]) -> usize {
         0
+    }
+
+    /// No vector path: no blocks.
+    #[cfg(test)]
+    pub(super) fn block_steps(_: &[u8], _: &Codes) -> Vec<usize> {
+        Vec::new()
     }
 }
 
@@ -2008,6 +2053,16 @@ mod tests {
         // reaching 63.
         let narrow: Vec<u8> = exponent_like(6144, 6).iter().map(|s| s - 110).collect();
         let edge: Vec<u8> = random_bytes(6144, 9).iter().map(|s| 63 - s % 20).collect();
+        // Blocks of every kind: sixteen symbols per step, eight, and four.
+        let steps = simd::block_steps(
+            &plane,
+            &canonical_codes(&code_lengths(&Histogram::of(&plane))),
+        );
+        if !steps.is_empty() {
+            for kind in [4, 8, 16] {
+                assert!(steps.contains(&kind), "no block of {kind} steps");
+            }
+        }
         for data in [
             plane,
             random_bytes(6144, 3),
