@@ -103,11 +103,13 @@ pub fn plan(hist: &Histogram) -> Plan {
         };
     }
     // Every pass below covers only the used symbols: an exponent plane's dozen, not 256.
-    let (lo, hi) = used_symbols(hist);
-    let lens = code_lengths_in(hist, lo, hi);
+    let used = hist.presence();
+    let (lo, hi) = used_range_of_set(&used);
+    let distinct = used.iter().map(|w| w.count_ones() as usize).sum();
+    let lens = code_lengths_in(hist, lo, hi, distinct);
     // Exactly the used symbols have a length, so the table's size follows from which they
     // are (`table_bytes_of_used`), without writing its nibbles.
-    let table = table_bytes_of_used(hist);
+    let table = table_bytes_of_set(&used);
     if lo == hi {
         return Plan {
             lens,
@@ -129,11 +131,16 @@ pub fn plan(hist: &Histogram) -> Plan {
     }
 }
 
-/// The smallest and the largest symbol that occur in a nonempty plane, from the set of
-/// used symbols (a scalar search through the counts from either end was a fifth of
-/// planning an exponent plane's code).
+/// The smallest and the largest symbol that occur in a nonempty plane.
+#[cfg(test)]
 fn used_symbols(hist: &Histogram) -> (usize, usize) {
-    let used = hist.presence();
+    used_range_of_set(&hist.presence())
+}
+
+/// The smallest and the largest symbol of a nonempty plane from its set of used symbols
+/// ([`Histogram::presence`]), by bit scans (a scalar search through the counts from either
+/// end was a fifth of planning an exponent plane's code).
+fn used_range_of_set(used: &[u64; 4]) -> (usize, usize) {
     let lo = (0..4)
         .find(|&w| used[w] != 0)
         .map_or(0, |w| 64 * w + used[w].trailing_zeros() as usize);
@@ -168,8 +175,12 @@ pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> usize {
 /// symbol. A few word operations instead of a loop over the used symbols (a full byte
 /// plane's 180 of them made this bound a twentieth of an FP8 page's encode).
 fn table_bytes_of_used(hist: &Histogram) -> usize {
+    table_bytes_of_set(&hist.presence())
+}
+
+/// [`table_bytes_of_used`] from the set of used symbols ([`Histogram::presence`]).
+fn table_bytes_of_set(used: &[u64; 4]) -> usize {
     const _: () = assert!(MIN_ZERO_RUN == 4, "the gap cost below is min(gap, 3)");
-    let used = hist.presence();
     let Some(last) = (0..4).rev().find(|&w| used[w] != 0) else {
         return 0;
     };
@@ -432,14 +443,28 @@ fn read_lengths(input: &[u8]) -> Result<([u8; 256], usize), CorruptStream> {
 #[cfg(test)]
 fn code_lengths(hist: &Histogram) -> [u8; 256] {
     let (lo, hi) = used_symbols(hist);
-    code_lengths_in(hist, lo, hi)
+    code_lengths_in(hist, lo, hi, hist.distinct())
 }
 
-/// [`code_lengths`] of a plane whose used symbols are within `lo..=hi`.
-fn code_lengths_in(hist: &Histogram, lo: usize, hi: usize) -> [u8; 256] {
+/// [`code_lengths`] of a plane whose used symbols are within `lo..=hi`, `distinct` of them.
+fn code_lengths_in(hist: &Histogram, lo: usize, hi: usize, distinct: usize) -> [u8; 256] {
+    // An exponent plane's dozen symbols get work arrays of 16: zeroing those of 256
+    // (5 KiB) was a fifth of building its code.
+    match distinct <= 16 {
+        true => code_lengths_sized::<16, 32>(hist, lo, hi),
+        false => code_lengths_sized::<256, 512>(hist, lo, hi),
+    }
+}
+
+/// [`code_lengths_in`] with work arrays for up to `N` used symbols (`P = 2N`).
+fn code_lengths_sized<const N: usize, const P: usize>(
+    hist: &Histogram,
+    lo: usize,
+    hi: usize,
+) -> [u8; 256] {
     let mut lens = [0u8; 256];
     // Sort by (count, symbol): the symbol in the low byte makes ties deterministic.
-    let mut keys = [0u64; 256];
+    let mut keys = [0u64; N];
     let mut n = 0;
     for (s, &c) in hist.counts.iter().enumerate().take(hi + 1).skip(lo) {
         if c > 0 {
@@ -455,12 +480,12 @@ fn code_lengths_in(hist: &Histogram, lo: usize, hi: usize) -> [u8; 256] {
     if n <= 1 {
         return lens;
     }
-    let mut weights = [0u64; 256];
+    let mut weights = [0u64; N];
     for (w, k) in weights.iter_mut().zip(keys.iter()) {
         *w = k >> 8;
     }
-    let mut depth = [0u8; 256];
-    if !huffman_depths(&weights[..n], &mut depth[..n]) {
+    let mut depth = [0u8; N];
+    if !huffman_depths::<N, P>(&weights[..n], &mut depth[..n]) {
         // Lists sized by the alphabet: an exponent plane's (a dozen symbols) would spend
         // more time zeroing 256-symbol lists than merging.
         let (w, d) = (&weights[..n], &mut depth[..n]);
@@ -480,13 +505,13 @@ fn code_lengths_in(hist: &Histogram, lo: usize, hi: usize) -> [u8; 256] {
     lens
 }
 
-/// Huffman code lengths for `w` (sorted ascending, at least 2) by the two-queue method;
-/// returns false if some length exceeds [`MAX_LEN`].
-fn huffman_depths(w: &[u64], depth: &mut [u8]) -> bool {
+/// Huffman code lengths for `w` (sorted ascending, 2..=`N` weights; `P = 2N`) by the
+/// two-queue method; returns false if some length exceeds [`MAX_LEN`].
+fn huffman_depths<const N: usize, const P: usize>(w: &[u64], depth: &mut [u8]) -> bool {
     let n = w.len();
-    let mut node_w = [0u64; 256];
+    let mut node_w = [0u64; N];
     // Parent (internal node number) of each leaf 0..n and of each internal node n + k.
-    let mut parent = [0u16; 512];
+    let mut parent = [0u16; P];
     let (mut leaf, mut node) = (0, 0);
     for k in 0..n - 1 {
         let mut sum = 0;
@@ -506,7 +531,7 @@ fn huffman_depths(w: &[u64], depth: &mut [u8]) -> bool {
         node_w[k] = sum;
     }
     // The root is the last node made, and every parent is made after its children.
-    let mut node_depth = [0u32; 256];
+    let mut node_depth = [0u32; N];
     for k in (0..n - 2).rev() {
         node_depth[k] = node_depth[parent[n + k] as usize] + 1;
     }
@@ -1760,7 +1785,7 @@ mod tests {
             .collect();
         let hist = Histogram::of(&data);
         let mut unlimited = [0u8; 256];
-        huffman_depths(
+        huffman_depths::<256, 512>(
             &[1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
             &mut unlimited[..14],
         );
@@ -1832,7 +1857,7 @@ mod tests {
                 .collect();
             w.sort_unstable();
             let (mut huff, mut pm) = (vec![0u8; n], vec![0u8; n]);
-            let fits = huffman_depths(&w, &mut huff);
+            let fits = huffman_depths::<256, 512>(&w, &mut huff);
             package_merge::<510>(&w, &mut pm);
             let cost = |l: &[u8]| w.iter().zip(l).map(|(&w, &l)| w * l as u64).sum::<u64>();
             let kraft: u32 = pm.iter().map(|&l| 1u32 << (MAX_LEN - l as u32)).sum();
@@ -1856,7 +1881,7 @@ mod tests {
             .collect();
         w.sort_unstable();
         let mut depth = vec![0u8; w.len()];
-        huffman_depths(&w, &mut depth);
+        huffman_depths::<256, 512>(&w, &mut depth);
         w.iter().zip(&depth).map(|(&w, &d)| w * d as u64).sum()
     }
 
@@ -1989,6 +2014,32 @@ mod tests {
                     _ => package_merge::<510>(&w, &mut b),
                 }
                 assert_eq!(a, b, "n = {n}, shape {shape}");
+            }
+        }
+    }
+
+    #[test]
+    fn code_length_work_array_sizes_agree() {
+        let mut x = 9u64;
+        for distinct in [2usize, 3, 9, 15, 16] {
+            for skew in [1u32, 5, 22] {
+                let mut counts = [0u32; 256];
+                for (i, c) in counts.iter_mut().take(distinct).enumerate() {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    // Geometric-ish tails make deep trees (package-merge), flat ones not.
+                    *c = 1 + ((x >> 40) as u32 >> (i as u32 % skew).min(31)) % 5000;
+                }
+                counts.rotate_right((x >> 59) as usize);
+                let hist = Histogram {
+                    counts,
+                    total: counts.iter().sum::<u32>() as usize,
+                };
+                let (lo, hi) = used_symbols(&hist);
+                assert_eq!(
+                    code_lengths_sized::<16, 32>(&hist, lo, hi),
+                    code_lengths_sized::<256, 512>(&hist, lo, hi),
+                    "{distinct} {skew}"
+                );
             }
         }
     }
