@@ -270,7 +270,18 @@ impl PlaneBounds {
         }
         // `Histogram::entropy_bits_lower_bound`, from the entropy already worked out.
         let info_lb = (entropy_bits - hist.total as f64 * 1e-6).max(0.0);
-        let sparse = sparse::encoded_size(hist);
+        // Sparse coding needs one symbol in 15/16 of the plane, which leaves at most
+        // h(1/16) + log2(255) / 16 < 0.84 bits per symbol of entropy (Fano): above 1 bit
+        // (far above `entropy_bits`' error) it is ruled out without finding the largest
+        // count (a pass the baseline target makes slow: it has no unsigned max).
+        const _: () = assert!(
+            sparse::MAX_EXCEPTION_SHARE >= 16,
+            "the bound assumes at most 1/16"
+        );
+        let sparse = match entropy_bits >= hist.total as f64 {
+            true => None,
+            false => sparse::encoded_size(hist),
+        };
         let nibble = nibbles.then(|| nibble::encoded_size(hist)).flatten();
         let (rans, rans_wide) = match fp4_bytes {
             true => (0, 0),
@@ -404,7 +415,8 @@ fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) 
 /// estimates what coding them as matches would save over order-0 coding with `hist` (the
 /// chunk's byte histogram, counted here when not given), which must be 1/16 of the chunk.
 pub fn looks_repetitive(chunk: &[u8], hist: Option<&Histogram>) -> bool {
-    words_look_repetitive(words(chunk), chunk.len(), hist.ok_or(chunk), 16)
+    let samples = chunk.len() / 8;
+    words_look_repetitive(words(chunk), samples, chunk.len(), hist.ok_or(chunk), 16)
 }
 
 /// [`looks_repetitive`] on the sample that [`Histogram::sampled`] counts (one KiB of every
@@ -415,8 +427,9 @@ pub fn looks_repetitive(chunk: &[u8], hist: Option<&Histogram>) -> bool {
 pub fn sample_looks_repetitive(chunk: &[u8], hist: &Histogram) -> bool {
     let sample = sample_runs(chunk);
     let len = sample.clone().map(<[u8]>::len).sum();
+    let samples = sample.clone().map(|run| run.len() / 8).sum();
     let share = 16 * SAMPLE_STRIDE / SAMPLE_RUN;
-    words_look_repetitive(sample.flat_map(words), len, Ok(hist), share)
+    words_look_repetitive(sample.flat_map(words), samples, len, Ok(hist), share)
 }
 
 /// The aligned 8-byte words of `bytes` (a partial last word is left out).
@@ -428,16 +441,22 @@ fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + Clone + '_ {
     })
 }
 
-/// The test of [`looks_repetitive`] on `words` (`len` bytes): at least 1/`share` of them
-/// are repeats, and coding those as matches saves 1/`share` of the order-0 cost under
-/// `hist`, or under the histogram of the bytes given instead (counted only when the
-/// first test passes).
+/// The test of [`looks_repetitive`] on `words` (`samples` of them, from `len` bytes): at
+/// least 1/`share` of them are repeats, and coding those as matches saves 1/`share` of the
+/// order-0 cost under `hist`, or under the histogram of the bytes given instead (counted
+/// only when the first test passes).
 fn words_look_repetitive(
     words: impl Iterator<Item = u64> + Clone,
+    samples: usize,
     len: usize,
     hist: Result<&Histogram, &[u8]>,
     share: usize,
 ) -> bool {
+    // The table of 16-bit tags bounds the hits from above: most chunks are ruled out by
+    // it, and only the others count the hits exactly.
+    if samples < 64 || repeated_tags(words.clone()) * share <= samples {
+        return false;
+    }
     let (hits, samples) = repeated_words(words.clone());
     if !(samples >= 64 && hits * share > samples) {
         return false;
@@ -497,6 +516,29 @@ fn repeat_savings(words: impl Iterator<Item = u64>, weight: impl Fn(u64) -> u64)
 
 /// Bits (in 1/256) a zstd match costs: offset, length and literal-length codes.
 const MATCH_COST: u64 = 20 * 256;
+
+/// [`repeated_words`]' hits, or more: the same 4096 slots keep a 16-bit tag of their word
+/// (more bits of the same hash) instead of the word. A slot's tag is always the tag of the
+/// word the word table holds there (both start from the word 0, whose tag is 0; a tag
+/// miss is a word miss, and a word miss with an equal tag leaves the tag as it is), so
+/// every word hit is a tag hit. Unequal words rarely share slot and tag (28 bits of the
+/// hash), so the bound is close, and its table is 8 KiB to zero and to keep in cache, not
+/// 32 KiB (zeroing the table of words was a third of the check on a 6 KiB K/V page).
+fn repeated_tags(words: impl Iterator<Item = u64>) -> usize {
+    const BITS: u32 = 12;
+    let mut table = [0u16; 1 << BITS];
+    let mut hits = 0usize;
+    for v in words {
+        let h = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let (slot, tag) = ((h >> (64 - BITS)) as usize, (h >> (64 - BITS - 16)) as u16);
+        if table[slot] == tag {
+            hits += 1;
+        } else {
+            table[slot] = tag;
+        }
+    }
+    hits
+}
 
 /// Re-occurrences of words in a 4096-slot hash table (each slot keeps its last word), and
 /// the number of words.
@@ -1477,6 +1519,45 @@ mod tests {
                 xxhash_rust::xxh3::xxh3_128(&data),
                 "piece {piece}"
             );
+        }
+    }
+
+    #[test]
+    fn tag_hits_bound_word_hits() {
+        let mut x = 77u64;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 16
+        };
+        for len in [0usize, 8, 504, 512, 6144, 12_288, 40_000, 262_144] {
+            for kind in 0..6 {
+                let chunk: Vec<u8> = (0..len)
+                    .map(|i| match kind {
+                        // Noise; zero words among noise; a few byte values; rows repeating
+                        // every 4 KiB; two-valued bytes; FP8-like skewed bytes.
+                        0 => next() as u8,
+                        1 if i % 96 < 8 => 0,
+                        1 => next() as u8,
+                        2 => (next() % 3) as u8,
+                        3 => (i % 4096).wrapping_mul(2654435761) as u8 ^ (i / 4096 % 2) as u8,
+                        4 => (next() % 2) as u8 * 0x80,
+                        _ => 0x38 + (next() % 4) as u8 + (next() % 2) as u8 * 0x80,
+                    })
+                    .collect();
+                let words = chunk
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+                let (hits, _) = repeated_words(words.clone());
+                let tags = repeated_tags(words);
+                // At least as many, and close enough to rule chunks out.
+                let close = hits + len / 8 / 256 + 4;
+                assert!(
+                    tags >= hits && tags <= close,
+                    "{len} {kind}: {tags} vs {hits}"
+                );
+            }
         }
     }
 

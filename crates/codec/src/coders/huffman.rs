@@ -78,6 +78,10 @@ pub struct Plan {
     size: usize,
     /// Bits of the coded symbols.
     bits: u64,
+    /// The smallest and the largest symbol with a code (both 0 for an empty plane): the
+    /// encoder's passes over the lengths cover only these.
+    lo: usize,
+    hi: usize,
 }
 
 impl Plan {
@@ -94,17 +98,25 @@ pub fn plan(hist: &Histogram) -> Plan {
             lens: [0; 256],
             size: 0,
             bits: 0,
+            lo: 0,
+            hi: 0,
         };
     }
     // Every pass below covers only the used symbols: an exponent plane's dozen, not 256.
-    let (lo, hi) = used_symbols(hist);
-    let lens = code_lengths(hist);
-    let table = 2 + length_nibbles(&lens[lo..=hi], &mut [0; 256]).div_ceil(2);
+    let used = hist.presence();
+    let (lo, hi) = used_range_of_set(&used);
+    let distinct = used.iter().map(|w| w.count_ones() as usize).sum();
+    let lens = code_lengths_in(hist, lo, hi, distinct);
+    // Exactly the used symbols have a length, so the table's size follows from which they
+    // are (`table_bytes_of_used`), without writing its nibbles.
+    let table = table_bytes_of_set(&used);
     if lo == hi {
         return Plan {
             lens,
             size: table,
             bits: 0,
+            lo,
+            hi,
         };
     }
     let bits: u64 = (lo..=hi)
@@ -114,13 +126,28 @@ pub fn plan(hist: &Histogram) -> Plan {
         lens,
         size: stream_overhead(hist.total) + table + bits.div_ceil(8) as usize,
         bits,
+        lo,
+        hi,
     }
 }
 
 /// The smallest and the largest symbol that occur in a nonempty plane.
+#[cfg(test)]
 fn used_symbols(hist: &Histogram) -> (usize, usize) {
-    let lo = hist.counts.iter().position(|&c| c > 0).unwrap_or(0);
-    let hi = hist.counts.iter().rposition(|&c| c > 0).unwrap_or(lo);
+    used_range_of_set(&hist.presence())
+}
+
+/// The smallest and the largest symbol of a nonempty plane from its set of used symbols
+/// ([`Histogram::presence`]), by bit scans (a scalar search through the counts from either
+/// end was a fifth of planning an exponent plane's code).
+fn used_range_of_set(used: &[u64; 4]) -> (usize, usize) {
+    let lo = (0..4)
+        .find(|&w| used[w] != 0)
+        .map_or(0, |w| 64 * w + used[w].trailing_zeros() as usize);
+    let hi = (0..4)
+        .rev()
+        .find(|&w| used[w] != 0)
+        .map_or(lo, |w| 64 * w + 63 - used[w].leading_zeros() as usize);
     (lo, hi)
 }
 
@@ -141,24 +168,35 @@ pub fn encoded_size_bound(hist: &Histogram, info_bits_lb: f64) -> usize {
 }
 
 /// [`table_bytes`] of a code in which exactly the symbols with nonzero `counts` have a
-/// length (the table's size does not depend on which lengths), in one pass: each used
-/// symbol is a nibble, each gap between used symbols its length in nibbles, or 3 from
-/// [`MIN_ZERO_RUN`] on.
+/// length (the table's size does not depend on which lengths), on the 256-bit set of used
+/// symbols: each used symbol is a nibble, each gap of `g` unused symbols between used ones
+/// `min(g, 3)` (its length in zero nibbles, or 3 from [`MIN_ZERO_RUN`] on), i.e. one per
+/// unused symbol that has a used one at most 3 places before it, up to the last used
+/// symbol. A few word operations instead of a loop over the used symbols (a full byte
+/// plane's 180 of them made this bound a twentieth of an FP8 page's encode).
 fn table_bytes_of_used(hist: &Histogram) -> usize {
-    let (mut nibbles, mut prev) = (0usize, None);
-    for (w, mut word) in hist.presence().into_iter().enumerate() {
-        while word != 0 {
-            let s = 64 * w + word.trailing_zeros() as usize;
-            word &= word - 1;
-            let gap = prev.map_or(0, |p| s - p - 1);
-            nibbles += 1 + if gap >= MIN_ZERO_RUN { 3 } else { gap };
-            prev = Some(s);
-        }
+    table_bytes_of_set(&hist.presence())
+}
+
+/// [`table_bytes_of_used`] from the set of used symbols ([`Histogram::presence`]).
+fn table_bytes_of_set(used: &[u64; 4]) -> usize {
+    const _: () = assert!(MIN_ZERO_RUN == 4, "the gap cost below is min(gap, 3)");
+    let Some(last) = (0..4).rev().find(|&w| used[w] != 0) else {
+        return 0;
+    };
+    let hi = 64 * last + 63 - used[last].leading_zeros() as usize;
+    let (mut nibbles, mut below) = (0usize, 0u64);
+    for (w, &word) in used.iter().enumerate().take(last + 1) {
+        // Bit `s` of `after`: one of `s - 1 ..= s - 3` is used (`below`: the word under).
+        let after = word << 1 | below >> 63 | word << 2 | below >> 62 | word << 3 | below >> 61;
+        let upto = match hi - 64 * w {
+            h if h >= 63 => u64::MAX,
+            h => (2u64 << h) - 1,
+        };
+        nibbles += word.count_ones() as usize + (after & !word & upto).count_ones() as usize;
+        below = word;
     }
-    match prev {
-        Some(_) => 2 + nibbles.div_ceil(2),
-        None => 0,
-    }
+    2 + nibbles.div_ceil(2)
 }
 
 /// Appends a self-contained stream (code-length table, stream sizes, bitstreams) coding
@@ -174,12 +212,13 @@ pub fn encode_planned(symbols: &[u8], hist: &Histogram, plan: &Plan, out: &mut V
     if n == 0 {
         return;
     }
-    let lens = &plan.lens;
-    write_lengths(lens, out);
-    if hist.distinct() == 1 {
+    let (lens, lo, hi) = (&plan.lens, plan.lo, plan.hi);
+    write_lengths_in(lens, lo, hi, out);
+    if lo == hi {
+        // One distinct symbol: the table is all.
         return;
     }
-    let codes = canonical_codes(lens);
+    let codes = canonical_codes_in(lens, lo, hi);
     let streams = stream_count(n);
     let width = size_width(n, streams);
     let sizes_at = out.len();
@@ -294,6 +333,7 @@ fn size_width(n: usize, streams: usize) -> usize {
 }
 
 /// Range of symbols that have a code (both ends used); `None` when none has.
+#[cfg(test)]
 fn used_range(lens: &[u8; 256]) -> Option<(usize, usize)> {
     let lo = lens.iter().position(|&l| l > 0)?;
     let hi = lens.iter().rposition(|&l| l > 0)?;
@@ -331,10 +371,15 @@ fn table_bytes(lens: &[u8; 256]) -> usize {
     2 + length_nibbles(&lens[lo..=hi], &mut [0; 256]).div_ceil(2)
 }
 
+#[cfg(test)]
 fn write_lengths(lens: &[u8; 256], out: &mut Vec<u8>) {
-    let Some((lo, hi)) = used_range(lens) else {
-        return;
-    };
+    if let Some((lo, hi)) = used_range(lens) {
+        write_lengths_in(lens, lo, hi, out);
+    }
+}
+
+/// Appends the code-length table of `lens`, whose used range is `lo..=hi`.
+fn write_lengths_in(lens: &[u8; 256], lo: usize, hi: usize, out: &mut Vec<u8>) {
     let mut nibbles = [0u8; 256];
     let count = length_nibbles(&lens[lo..=hi], &mut nibbles);
     out.push(lo as u8);
@@ -395,12 +440,32 @@ fn read_lengths(input: &[u8]) -> Result<([u8; 256], usize), CorruptStream> {
 ///
 /// Plain Huffman first (cheap, and usually within the limit); package-merge only when the
 /// tree is too deep, e.g. for an exponent plane's long tail of rare values.
+#[cfg(test)]
 fn code_lengths(hist: &Histogram) -> [u8; 256] {
+    let (lo, hi) = used_symbols(hist);
+    code_lengths_in(hist, lo, hi, hist.distinct())
+}
+
+/// [`code_lengths`] of a plane whose used symbols are within `lo..=hi`, `distinct` of them.
+fn code_lengths_in(hist: &Histogram, lo: usize, hi: usize, distinct: usize) -> [u8; 256] {
+    // An exponent plane's dozen symbols get work arrays of 16: zeroing those of 256
+    // (5 KiB) was a fifth of building its code.
+    match distinct <= 16 {
+        true => code_lengths_sized::<16, 32>(hist, lo, hi),
+        false => code_lengths_sized::<256, 512>(hist, lo, hi),
+    }
+}
+
+/// [`code_lengths_in`] with work arrays for up to `N` used symbols (`P = 2N`).
+fn code_lengths_sized<const N: usize, const P: usize>(
+    hist: &Histogram,
+    lo: usize,
+    hi: usize,
+) -> [u8; 256] {
     let mut lens = [0u8; 256];
     // Sort by (count, symbol): the symbol in the low byte makes ties deterministic.
-    let mut keys = [0u64; 256];
+    let mut keys = [0u64; N];
     let mut n = 0;
-    let (lo, hi) = used_symbols(hist);
     for (s, &c) in hist.counts.iter().enumerate().take(hi + 1).skip(lo) {
         if c > 0 {
             keys[n] = (c as u64) << 8 | s as u64;
@@ -415,12 +480,12 @@ fn code_lengths(hist: &Histogram) -> [u8; 256] {
     if n <= 1 {
         return lens;
     }
-    let mut weights = [0u64; 256];
+    let mut weights = [0u64; N];
     for (w, k) in weights.iter_mut().zip(keys.iter()) {
         *w = k >> 8;
     }
-    let mut depth = [0u8; 256];
-    if !huffman_depths(&weights[..n], &mut depth[..n]) {
+    let mut depth = [0u8; N];
+    if !huffman_depths::<N, P>(&weights[..n], &mut depth[..n]) {
         // Lists sized by the alphabet: an exponent plane's (a dozen symbols) would spend
         // more time zeroing 256-symbol lists than merging.
         let (w, d) = (&weights[..n], &mut depth[..n]);
@@ -428,6 +493,8 @@ fn code_lengths(hist: &Histogram) -> [u8; 256] {
             package_merge::<30>(w, d);
         } else if n <= 64 {
             package_merge::<126>(w, d);
+        } else if n <= 128 {
+            package_merge::<254>(w, d);
         } else {
             package_merge::<510>(w, d);
         }
@@ -438,13 +505,13 @@ fn code_lengths(hist: &Histogram) -> [u8; 256] {
     lens
 }
 
-/// Huffman code lengths for `w` (sorted ascending, at least 2) by the two-queue method;
-/// returns false if some length exceeds [`MAX_LEN`].
-fn huffman_depths(w: &[u64], depth: &mut [u8]) -> bool {
+/// Huffman code lengths for `w` (sorted ascending, 2..=`N` weights; `P = 2N`) by the
+/// two-queue method; returns false if some length exceeds [`MAX_LEN`].
+fn huffman_depths<const N: usize, const P: usize>(w: &[u64], depth: &mut [u8]) -> bool {
     let n = w.len();
-    let mut node_w = [0u64; 256];
+    let mut node_w = [0u64; N];
     // Parent (internal node number) of each leaf 0..n and of each internal node n + k.
-    let mut parent = [0u16; 512];
+    let mut parent = [0u16; P];
     let (mut leaf, mut node) = (0, 0);
     for k in 0..n - 1 {
         let mut sum = 0;
@@ -464,7 +531,7 @@ fn huffman_depths(w: &[u64], depth: &mut [u8]) -> bool {
         node_w[k] = sum;
     }
     // The root is the last node made, and every parent is made after its children.
-    let mut node_depth = [0u32; 256];
+    let mut node_depth = [0u32; N];
     for k in (0..n - 2).rev() {
         node_depth[k] = node_depth[parent[n + k] as usize] + 1;
     }
@@ -491,8 +558,8 @@ fn package_merge<const CAP: usize>(w: &[u64], lens: &mut [u8]) {
     let cap = 2 * n - 2;
     let mut is_leaf = [[false; CAP]; L];
     let mut list_len = [0usize; L];
-    let mut prev = [0u64; CAP];
-    let mut cur = [0u64; CAP];
+    // The list below (`prev`) and the one being merged (`cur`), swapped after each list.
+    let (mut prev, mut cur) = (&mut [0u64; CAP], &mut [0u64; CAP]);
     prev[..n].copy_from_slice(w);
     is_leaf[L - 1][..n].fill(true);
     list_len[L - 1] = n;
@@ -516,7 +583,7 @@ fn package_merge<const CAP: usize>(w: &[u64], lens: &mut [u8]) {
             m += 1;
         }
         list_len[d] = m;
-        prev[..m].copy_from_slice(&cur[..m]);
+        std::mem::swap(&mut prev, &mut cur);
     }
     lens.fill(0);
     let mut take = cap;
@@ -535,22 +602,39 @@ fn package_merge<const CAP: usize>(w: &[u64], lens: &mut [u8]) {
 struct Codes {
     code: [u16; 256],
     len: [u8; 256],
+    /// The largest symbol with a code (the x86 vector path picks its lookups by it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    hi: usize,
 }
 
+#[cfg(test)]
 fn canonical_codes(lens: &[u8; 256]) -> Codes {
-    let mut next = first_codes(lens);
+    let (lo, hi) = used_range(lens).unwrap_or((0, 0));
+    canonical_codes_in(lens, lo, hi)
+}
+
+/// The canonical code of `lens`, whose used range is `lo..=hi` (passes over it only: an
+/// exponent plane's code is a dozen symbols of 256).
+fn canonical_codes_in(lens: &[u8; 256], lo: usize, hi: usize) -> Codes {
+    let used = &lens[lo..=hi];
+    let mut next = first_codes(used);
     let mut code = [0u16; 256];
-    for (c, &len) in code.iter_mut().zip(lens.iter()) {
+    for (c, &len) in code[lo..=hi].iter_mut().zip(used) {
         if len > 0 {
             *c = next[len as usize] as u16;
             next[len as usize] += 1;
         }
     }
-    Codes { code, len: *lens }
+    Codes {
+        code,
+        len: *lens,
+        hi,
+    }
 }
 
-/// First canonical code of each length (deflate's `next_code`).
-fn first_codes(lens: &[u8; 256]) -> [u32; MAX_LEN as usize + 1] {
+/// First canonical code of each length (deflate's `next_code`) for these lengths (0 for
+/// unused symbols).
+fn first_codes(lens: &[u8]) -> [u32; MAX_LEN as usize + 1] {
     let mut count = [0u32; MAX_LEN as usize + 1];
     for &len in lens.iter().filter(|&&l| l > 0) {
         count[len as usize] += 1;
@@ -608,9 +692,28 @@ mod simd {
             return 0;
         }
         // SAFETY: the features the kernels are compiled for were detected just above.
-        match codes.len[64..].iter().all(|&l| l == 0) {
+        match codes.hi < 64 {
             true => unsafe { encode_vbmi::<true>(symbols, codes, w, out) },
             false => unsafe { encode_vbmi::<false>(symbols, codes, w, out) },
+        }
+    }
+
+    /// How many steps each whole block of `symbols` takes in the writer (empty without
+    /// AVX-512 VBMI), to check that the tests take every path.
+    #[cfg(test)]
+    pub(super) fn block_steps(symbols: &[u8], codes: &Codes) -> Vec<usize> {
+        if !available() {
+            return Vec::new();
+        }
+        let (blocks, _) = symbols.as_chunks::<64>();
+        // SAFETY: the features `Kernel` is compiled for were detected just above; the
+        // symbols are not assumed narrow.
+        unsafe {
+            let kernel = Kernel::new(codes);
+            blocks
+                .iter()
+                .map(|b| kernel.join_block::<false>(b).steps)
+                .collect()
         }
     }
 
@@ -744,7 +847,7 @@ mod simd {
         }
     }
 
-    /// One block's codes joined for the writer: `steps` (8 or 16) codes and lengths.
+    /// One block's codes joined for the writer: `steps` (4, 8 or 16) codes and lengths.
     struct Joined {
         c: [u64; 16],
         l: [u64; 16],
@@ -759,6 +862,9 @@ mod simd {
         order: __m512i,
         even: __m512i,
         odd: __m512i,
+        /// Lanes 0, 2, 4, 6 (and 1, 3, 5, 7) of one register, twice: pairs of eights.
+        pair_even: __m512i,
+        pair_odd: __m512i,
         max_joined: __m512i,
     }
 
@@ -775,13 +881,16 @@ mod simd {
                 order: unsafe { _mm512_loadu_si512(ORDER.as_ptr().cast()) },
                 even: _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0),
                 odd: _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1),
+                pair_even: _mm512_set_epi64(6, 4, 2, 0, 6, 4, 2, 0),
+                pair_odd: _mm512_set_epi64(7, 5, 3, 1, 7, 5, 3, 1),
                 max_joined: _mm512_set1_epi64(MAX_JOINED_BITS as i64),
             }
         }
 
-        /// The joined codes of 64 symbols: eight codes of eight symbols where all fit
-        /// [`MAX_JOINED_BITS`] (low-entropy planes always do: half the steps on the
-        /// writer's dependency chain), else sixteen of four.
+        /// The joined codes of 64 symbols: four codes of sixteen symbols where all fit
+        /// [`MAX_JOINED_BITS`] (an exponent plane's blocks mostly do: a quarter of the
+        /// steps on the writer's dependency chain, which was most of coding it), else eight
+        /// of eight where those fit (low-entropy planes always do), else sixteen of four.
         #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
         fn join_block<const NARROW: bool>(&self, block: &[u8; 64]) -> Joined {
             // SAFETY: a 64-byte unaligned load of a 64-byte block.
@@ -816,9 +925,23 @@ mod simd {
                     let c_even = _mm512_permutex2var_epi64(ca, self.even, cb);
                     let c_odd = _mm512_permutex2var_epi64(ca, self.odd, cb);
                     let c8 = _mm512_or_si512(_mm512_sllv_epi64(c_even, l_odd), c_odd);
-                    _mm512_storeu_si512(c, c8);
-                    _mm512_storeu_si512(l, l8);
-                    j.steps = 8;
+                    // The same join once more, in lanes 0..4 (4..8 repeat them). Where a
+                    // sum is over the limit the joined code overflows, but is not used.
+                    // (Selecting the join by masks instead of branches measured slower.)
+                    let l_hi = _mm512_permutexvar_epi64(self.pair_odd, l8);
+                    let l16 = _mm512_add_epi64(_mm512_permutexvar_epi64(self.pair_even, l8), l_hi);
+                    if _mm512_mask_cmpgt_epu64_mask(0x0F, l16, self.max_joined) == 0 {
+                        let c_first = _mm512_permutexvar_epi64(self.pair_even, c8);
+                        let c_second = _mm512_permutexvar_epi64(self.pair_odd, c8);
+                        let c16 = _mm512_or_si512(_mm512_sllv_epi64(c_first, l_hi), c_second);
+                        _mm512_storeu_si512(c, c16);
+                        _mm512_storeu_si512(l, l16);
+                        j.steps = 4;
+                    } else {
+                        _mm512_storeu_si512(c, c8);
+                        _mm512_storeu_si512(l, l8);
+                        j.steps = 8;
+                    }
                 } else {
                     _mm512_storeu_si512(c, ca);
                     _mm512_storeu_si512(l, la);
@@ -885,6 +1008,12 @@ mod simd {
     /// No vector path on this architecture: the scalar loop codes everything.
     pub(super) fn encode_blocks(_: &[u8], _: &Codes, _: &mut StreamWriter, _: &mut [u8]) -> usize {
         0
+    }
+
+    /// No vector path: no blocks.
+    #[cfg(test)]
+    pub(super) fn block_steps(_: &[u8], _: &Codes) -> Vec<usize> {
+        Vec::new()
     }
 }
 
@@ -1657,7 +1786,7 @@ mod tests {
             .collect();
         let hist = Histogram::of(&data);
         let mut unlimited = [0u8; 256];
-        huffman_depths(
+        huffman_depths::<256, 512>(
             &[1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
             &mut unlimited[..14],
         );
@@ -1729,7 +1858,7 @@ mod tests {
                 .collect();
             w.sort_unstable();
             let (mut huff, mut pm) = (vec![0u8; n], vec![0u8; n]);
-            let fits = huffman_depths(&w, &mut huff);
+            let fits = huffman_depths::<256, 512>(&w, &mut huff);
             package_merge::<510>(&w, &mut pm);
             let cost = |l: &[u8]| w.iter().zip(l).map(|(&w, &l)| w * l as u64).sum::<u64>();
             let kraft: u32 = pm.iter().map(|&l| 1u32 << (MAX_LEN - l as u32)).sum();
@@ -1753,7 +1882,7 @@ mod tests {
             .collect();
         w.sort_unstable();
         let mut depth = vec![0u8; w.len()];
-        huffman_depths(&w, &mut depth);
+        huffman_depths::<256, 512>(&w, &mut depth);
         w.iter().zip(&depth).map(|(&w, &d)| w * d as u64).sum()
     }
 
@@ -1809,6 +1938,113 @@ mod tests {
         }
     }
 
+    /// The merge as it was first written (one list size, lists copied, not swapped): the
+    /// sized and swapping merge must give the same lengths (the frames' bytes).
+    fn package_merge_as_first_written(w: &[u64], lens: &mut [u8]) {
+        const L: usize = MAX_LEN as usize;
+        const CAP: usize = 510;
+        let n = w.len();
+        let cap = 2 * n - 2;
+        let mut is_leaf = [[false; CAP]; L];
+        let mut list_len = [0usize; L];
+        let mut prev = [0u64; CAP];
+        let mut cur = [0u64; CAP];
+        prev[..n].copy_from_slice(w);
+        is_leaf[L - 1][..n].fill(true);
+        list_len[L - 1] = n;
+        for d in (0..L - 1).rev() {
+            let packages = list_len[d + 1] / 2;
+            let (mut i, mut j, mut m) = (0, 0, 0);
+            while m < cap && (i < n || j < packages) {
+                let package = if j < packages {
+                    prev[2 * j] + prev[2 * j + 1]
+                } else {
+                    u64::MAX
+                };
+                if i < n && w[i] <= package {
+                    cur[m] = w[i];
+                    is_leaf[d][m] = true;
+                    i += 1;
+                } else {
+                    cur[m] = package;
+                    j += 1;
+                }
+                m += 1;
+            }
+            list_len[d] = m;
+            prev[..m].copy_from_slice(&cur[..m]);
+        }
+        lens.fill(0);
+        let mut take = cap;
+        for d in 0..L {
+            let take_d = take.min(list_len[d]);
+            let leaves = is_leaf[d][..take_d].iter().filter(|&&b| b).count();
+            for len in &mut lens[..leaves] {
+                *len += 1;
+            }
+            take = 2 * (take_d - leaves);
+        }
+    }
+
+    #[test]
+    fn package_merge_matches_the_one_first_written() {
+        let mut x = 5u64;
+        for n in [2usize, 3, 12, 16, 17, 40, 64, 65, 100, 128, 129, 200, 256] {
+            for shape in 0..4 {
+                let mut w: Vec<u64> = (0..n)
+                    .map(|i| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        match shape {
+                            // Geometric tails (deep trees), ties, flat, and mixed.
+                            0 => 1 + (x >> 60) * (1 << (i % 24)),
+                            1 => 1 + (x >> 62),
+                            2 => 1000 + (x >> 54),
+                            _ => 1 + ((x >> 40) >> (x >> 59)),
+                        }
+                    })
+                    .collect();
+                w.sort_unstable();
+                let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+                package_merge_as_first_written(&w, &mut a);
+                match n {
+                    0..=16 => package_merge::<30>(&w, &mut b),
+                    17..=64 => package_merge::<126>(&w, &mut b),
+                    65..=128 => package_merge::<254>(&w, &mut b),
+                    _ => package_merge::<510>(&w, &mut b),
+                }
+                assert_eq!(a, b, "n = {n}, shape {shape}");
+            }
+        }
+    }
+
+    #[test]
+    fn code_length_work_array_sizes_agree() {
+        let mut x = 9u64;
+        for distinct in [2usize, 3, 9, 15, 16] {
+            for skew in [1u32, 5, 22] {
+                let mut counts = [0u32; 256];
+                for (i, c) in counts.iter_mut().take(distinct).enumerate() {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    // Geometric-ish tails make deep trees (package-merge), flat ones not.
+                    *c = 1 + ((x >> 40) as u32 >> (i as u32 % skew).min(31)) % 5000;
+                }
+                counts.rotate_right((x >> 59) as usize);
+                let hist = Histogram {
+                    counts,
+                    total: counts.iter().sum::<u32>() as usize,
+                };
+                let (lo, hi) = used_symbols(&hist);
+                assert_eq!(
+                    code_lengths_sized::<16, 32>(&hist, lo, hi),
+                    code_lengths_sized::<256, 512>(&hist, lo, hi),
+                    "{distinct} {skew}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn package_merge_list_sizes_agree() {
         for n in [2usize, 5, 16] {
@@ -1818,6 +2054,13 @@ mod tests {
             package_merge::<126>(&w, &mut b);
             package_merge::<510>(&w, &mut c);
             assert_eq!((&a, &b), (&c, &c), "n = {n}");
+        }
+        for n in [65usize, 100, 128] {
+            let w: Vec<u64> = (0..n as u64).map(|i| 1 + i * i * i * 37).collect();
+            let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+            package_merge::<254>(&w, &mut a);
+            package_merge::<510>(&w, &mut b);
+            assert_eq!(a, b, "n = {n}");
         }
     }
 
@@ -1832,6 +2075,12 @@ mod tests {
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     *c = ((x >> 33) % 100 < density) as u32 * (1 + (x >> 50) as u32 % 9);
+                }
+                // Symbols at the ends and around the words' edges as well.
+                for s in [0usize, 1, 62, 63, 64, 66, 127, 128, 190, 191, 192, 255] {
+                    if (x >> (s % 61)) & 7 == 0 {
+                        counts[s] = 1;
+                    }
                 }
                 let present = counts.map(|c| (c > 0) as u8);
                 let hist = Histogram {
@@ -1856,6 +2105,16 @@ mod tests {
         // reaching 63.
         let narrow: Vec<u8> = exponent_like(6144, 6).iter().map(|s| s - 110).collect();
         let edge: Vec<u8> = random_bytes(6144, 9).iter().map(|s| 63 - s % 20).collect();
+        // Blocks of every kind: sixteen symbols per step, eight, and four.
+        let steps = simd::block_steps(
+            &plane,
+            &canonical_codes(&code_lengths(&Histogram::of(&plane))),
+        );
+        if !steps.is_empty() {
+            for kind in [4, 8, 16] {
+                assert!(steps.contains(&kind), "no block of {kind} steps");
+            }
+        }
         for data in [
             plane,
             random_bytes(6144, 3),

@@ -18,7 +18,7 @@ use crate::wire::{put_varint, Cursor};
 
 /// Planes with more exceptions than one in this many symbols are never coded sparse: the
 /// entropy coders are smaller there, and the estimate is not worth making.
-const MAX_EXCEPTION_SHARE: usize = 16;
+pub(crate) const MAX_EXCEPTION_SHARE: usize = 16;
 
 fn corrupt(reason: &'static str) -> CorruptStream {
     CorruptStream {
