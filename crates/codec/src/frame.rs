@@ -345,7 +345,12 @@ fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) 
     let huffman_fast = h * 8 < HUFFMAN_FAST_BELOW_BITS * hist.total;
     // The margin rANS must win by: always for plans too narrow for the SIMD decoder, and
     // for wide ones where Huffman decodes several symbols per lookup.
-    let margin = speed_margin(opts, hist, b.entropy_bits, h);
+    // The margin only matters where rANS could win without it: only there is the model
+    // cost worked out.
+    let margin = match rans_lb.min(rans_wide_lb) + 8 < h {
+        true => speed_margin(opts, hist, b.entropy_bits, h),
+        false => opts.rans_min_gain,
+    };
     let wide_margin = match huffman_fast {
         true => margin,
         false => 0.0,
