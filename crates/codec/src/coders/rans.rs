@@ -168,8 +168,9 @@ pub fn decode_interleaved(
 }
 
 /// The encoder's choices for a plane of at least two distinct symbols, made once: what
-/// [`encoded_size`] and [`encode`] each work out from the histogram, for a caller that needs
-/// both ([`plan`], [`Plan::encoded_size`], [`encode_planned`]).
+/// [`encoded_size`] and [`encode`] each work out from the histogram (those two as
+/// [`SmallPlanes::Compact`] says), for a caller that needs both ([`plan`],
+/// [`Plan::encoded_size`], [`encode_planned`]).
 pub fn plan(hist: &Histogram, small: SmallPlanes) -> Option<Plan> {
     (hist.distinct() >= 2).then(|| Plan::new(hist, small))
 }
