@@ -422,8 +422,7 @@ fn choose_coder_bounded(hist: &Histogram, opts: &FrameOptions, b: &PlaneBounds) 
 /// estimates what coding them as matches would save over order-0 coding with `hist` (the
 /// chunk's byte histogram, counted here when not given), which must be 1/16 of the chunk.
 pub fn looks_repetitive(chunk: &[u8], hist: Option<&Histogram>) -> bool {
-    let samples = chunk.len() / 8;
-    words_look_repetitive(words(chunk), samples, chunk.len(), hist.ok_or(chunk), 16)
+    words_look_repetitive(chunk, hist.ok_or(chunk), 16)
 }
 
 /// [`looks_repetitive`] on the sample that [`Histogram::sampled`] counts (one KiB of every
@@ -441,7 +440,7 @@ fn sample_looks_repetitive_in(chunk: &[u8], hist: &Histogram, buf: &mut Vec<u8>)
     buf.clear();
     sample_runs(chunk).for_each(|run| buf.extend_from_slice(run));
     let share = 16 * SAMPLE_STRIDE / SAMPLE_RUN;
-    words_look_repetitive(words(buf), buf.len() / 8, buf.len(), Ok(hist), share)
+    words_look_repetitive(buf, Ok(hist), share)
 }
 
 /// The aligned 8-byte words of `bytes` (a partial last word is left out).
@@ -453,20 +452,15 @@ fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + Clone + '_ {
     })
 }
 
-/// The test of [`looks_repetitive`] on `words` (`samples` of them, from `len` bytes): at
-/// least 1/`share` of them are repeats, and coding those as matches saves 1/`share` of the
-/// order-0 cost under `hist`, or under the histogram of the bytes given instead (counted
-/// only when the first test passes).
+/// The test of [`looks_repetitive`] on the aligned words of `bytes`: at least 1/`share` of
+/// them are repeats, and coding those as matches saves 1/`share` of the order-0 cost under
+/// `hist`, or under the histogram of the bytes given instead (counted only when the first
+/// test passes).
 // Inlined into both callers: as one shared function, its loops lost what each call site
 // specialises (K/V F16 page encoding measured 9 % slower).
 #[inline(always)]
-fn words_look_repetitive(
-    words: impl Iterator<Item = u64> + Clone,
-    samples: usize,
-    len: usize,
-    hist: Result<&Histogram, &[u8]>,
-    share: usize,
-) -> bool {
+fn words_look_repetitive(bytes: &[u8], hist: Result<&Histogram, &[u8]>, share: usize) -> bool {
+    let (words, samples, len) = (words(bytes), bytes.len() / 8, bytes.len());
     // The table of 16-bit tags bounds the hits from above: most chunks are ruled out by
     // it, and only the others count the hits exactly.
     if samples < 64 || repeated_tags(words.clone()) * share <= samples {

@@ -375,17 +375,22 @@ mod tests {
         assert!((h.entropy_bits_per_symbol() - 2.0).abs() < 1e-12);
     }
 
+    /// `len` near-uniform bytes: the low byte of each xorshift32 state from `seed`.
+    fn xorshift_bytes(seed: u32, len: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn a_sample_needs_every_byte_value_and_sums_to_the_length() {
-        let mut rng = 0x9E37_79B9u32;
-        let uniform: Vec<u8> = (0..300_001)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 17;
-                rng ^= rng << 5;
-                rng as u8
-            })
-            .collect();
+        let uniform = xorshift_bytes(0x9E37_79B9, 300_001);
         let exact = Histogram::of(&uniform);
         let sampled = Histogram::sampled(&uniform).expect("all 256 values in the sample");
         assert_eq!(sampled.total, uniform.len());
@@ -491,15 +496,7 @@ mod tests {
         assert!((ln_factorial(16) - exact_16).abs() < 1e-10);
         // Random bytes: the entropy of a short sample is well under the 8 bits a byte that
         // storing them costs, and the universal code's cost is a little over it.
-        let mut x = 0x2545_F491u32;
-        let bytes: Vec<u8> = (0..1536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let bytes = xorshift_bytes(0x2545_F491, 1536);
         let h = Histogram::of(&bytes);
         let raw_bits = 8.0 * bytes.len() as f64;
         assert!(h.entropy_bits() < 0.99 * raw_bits);
