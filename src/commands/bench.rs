@@ -11,9 +11,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use floatzip_codec::coders::Histogram;
-use floatzip_codec::frame::{encode_frame, frame_plane_sizes, parse_frame};
-use floatzip_codec::{compress_bytes, decompress, decompress_bytes, FzArchive, Layout, Manifest};
+use floatzip_codec::frame::{encode_frame, stored_planes, StoredPlane};
+use floatzip_codec::{compress_bytes, decompress, decompress_bytes, FzArchive, Manifest};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -99,7 +98,6 @@ fn plane_efficiency(
     manifest: &Manifest,
 ) -> anyhow::Result<BTreeMap<String, PlaneRow>> {
     let mut rows: BTreeMap<String, PlaneRow> = BTreeMap::new();
-    let mut planes = Vec::new();
     for e in &manifest.entries {
         for i in 0..e.frames.len() {
             let (cb, ce) = e.frame_compressed_range(i);
@@ -110,34 +108,37 @@ fn plane_efficiency(
             let chunk = data
                 .get(ob as usize..oe as usize)
                 .context("chunk outside the file")?;
-            let (h, _) = parse_frame(frame).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let sizes = frame_plane_sizes(&h).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            planes.clear();
-            h.layout.split(chunk, &mut planes);
-            if h.layout == Layout::Bytes || planes.len() != sizes.len() {
-                planes = vec![chunk.to_vec()];
-            }
-            for (p, (plane, (coder, size))) in planes.iter().zip(sizes).enumerate() {
-                let hist = Histogram::of(plane);
-                let floor = hist.entropy_bytes();
-                let floor_model = floor + hist.model_cost_bits() / 8.0;
-                let key = format!("{} {} plane {p}", e.coded_as, h.layout.name());
-                let row = rows.entry(key).or_default();
-                row.planes += 1;
-                row.coded_bytes += size as u64;
-                row.floor_bytes += floor;
-                row.floor_model_bytes += floor_model;
-                if floor >= 1024.0 && size as f64 > floor * 1.01 {
-                    row.over_1pct_bytes += size as u64;
-                }
-                if floor >= 1024.0 && size as f64 > floor_model * 1.01 {
-                    row.over_1pct_model_bytes += size as u64;
-                }
-                *row.coders.entry(coder.name().to_string()).or_default() += 1;
+            let (layout, planes) =
+                stored_planes(frame, chunk).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            for (p, plane) in planes.iter().enumerate() {
+                let key = format!("{} {} plane {p}", e.coded_as, layout.name());
+                rows.entry(key).or_default().add(plane);
             }
         }
     }
     Ok(rows)
+}
+
+impl PlaneRow {
+    fn add(&mut self, plane: &StoredPlane) {
+        let floor = plane.histogram.entropy_bytes();
+        let floor_model = floor + plane.histogram.model_cost_bits() / 8.0;
+        let size = plane.stored_bytes;
+        self.planes += 1;
+        self.coded_bytes += size as u64;
+        self.floor_bytes += floor;
+        self.floor_model_bytes += floor_model;
+        if floor >= 1024.0 && size as f64 > floor * 1.01 {
+            self.over_1pct_bytes += size as u64;
+        }
+        if floor >= 1024.0 && size as f64 > floor_model * 1.01 {
+            self.over_1pct_model_bytes += size as u64;
+        }
+        *self
+            .coders
+            .entry(plane.coder.name().to_string())
+            .or_default() += 1;
+    }
 }
 
 fn median_secs(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {

@@ -220,7 +220,9 @@ fn speed_margin(
     huffman_bytes: usize,
 ) -> f64 {
     let small = opts.small_planes == SmallPlanes::Compact && hist.total < SMALL_PLANE_SYMBOLS;
-    let wasteful = || huffman_bytes as f64 * 8.0 > (entropy_bits + hist.model_cost_bits()) * 1.01;
+    // As stored: the plane's coder byte and length count too (they do in `bench`).
+    let stored = huffman_bytes + 1 + varint_len(huffman_bytes);
+    let wasteful = || stored as f64 * 8.0 > (entropy_bits + hist.model_cost_bits()) * 1.01;
     match opts.rans_min_gain > 0.0 && small && wasteful() {
         true => 0.0,
         false => opts.rans_min_gain,
@@ -1059,13 +1061,43 @@ pub fn frame_coders(h: &FrameHeader<'_>) -> Result<Vec<Coder>, FrameError> {
     Ok(plane_parts(h)?.iter().map(|&(c, _)| c).collect())
 }
 
-/// Each plane's coder and stored size (coder byte, length and payload), for reports of how
-/// close the coders come to the planes' entropy (`bench`).
-pub fn frame_plane_sizes(h: &FrameHeader<'_>) -> Result<Vec<(Coder, usize)>, FrameError> {
-    Ok(plane_parts(h)?
+/// One plane of a frame: its coder, its size as stored, and the histogram of the symbols
+/// it codes (what the stored size is compared with).
+#[derive(Debug, Clone)]
+pub struct StoredPlane {
+    /// The plane's coder.
+    pub coder: Coder,
+    /// Bytes the plane takes in the frame: coder byte, length and payload.
+    pub stored_bytes: usize,
+    /// Counts of the plane's symbols.
+    pub histogram: Histogram,
+}
+
+/// Splits `chunk`, the original bytes of the frame `frame`, as the frame's layout does and
+/// pairs each plane with its stored size: how close the coders come to each plane's
+/// entropy (`bench`, and the tests that hold them to it). Returns the layout too. A frame
+/// coded whole (zstd, or the bytes layout) is one plane.
+pub fn stored_planes(frame: &[u8], chunk: &[u8]) -> Result<(Layout, Vec<StoredPlane>), FrameError> {
+    let (h, _) = parse_frame(frame)?;
+    if h.original_len != chunk.len() {
+        return Err(corrupt("chunk size does not match the frame"));
+    }
+    let parts = plane_parts(&h)?;
+    let mut planes = Vec::new();
+    h.layout.split(chunk, &mut planes);
+    if h.layout == Layout::Bytes || planes.len() != parts.len() {
+        planes = vec![chunk.to_vec()];
+    }
+    let stored = planes
         .iter()
-        .map(|&(c, p)| (c, 1 + varint_len(p.len()) + p.len()))
-        .collect())
+        .zip(&parts)
+        .map(|(plane, &(coder, payload))| StoredPlane {
+            coder,
+            stored_bytes: 1 + varint_len(payload.len()) + payload.len(),
+            histogram: Histogram::of(plane),
+        })
+        .collect();
+    Ok((h.layout, stored))
 }
 
 /// Decodes a parsed frame into `out`, which must be `original_len` bytes long.

@@ -364,9 +364,11 @@ pub fn encoded_size_bound(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SmallPlanes {
     /// Two or four lanes where eight lanes' flushed states would pass 0.3 % of the payload
-    /// (about half the speed a symbol), and coarser frequencies tried where the table is
-    /// over 1 % of the stream (more work to plan). For files, whose small planes (block
-    /// scales, norms, biases) are a few percent of the symbols.
+    /// (about half the speed a symbol), coarser frequencies tried where the table is over
+    /// 1 % of the stream (more work to plan), and finer ones taken for any gain where a
+    /// plane would otherwise stay over 1 % above its floor plus model cost (a bigger decode
+    /// table). For files, whose small planes (block scales, norms, biases) are a few
+    /// percent of the symbols.
     #[default]
     Compact,
     /// Eight lanes down to one-lane payloads, the usual precision only: for K/V pages, whose
@@ -427,12 +429,20 @@ impl Plan {
         if excess_bytes < best.total_bytes() * 0.002 + 2.0 {
             return best;
         }
+        // Each extra bit of precision must save 0.5 % and a byte (bigger tables decode
+        // slower), unless a compact plane would stay over 1 % above what any order-0 code
+        // must pay: then a byte a bit is enough.
+        let min_gain = match small == SmallPlanes::Compact
+            && best.encoded_size() as f64 * 8.0
+                > (hist.entropy_bits() + hist.model_cost_bits()) * 1.01
+        {
+            true => 0.0,
+            false => FINE_PRECISION_MIN_GAIN,
+        };
         for precision in FINE_PRECISIONS.into_iter().filter(|&p| p > base) {
             let candidate = Plan::at(hist, precision, small);
-            // Each extra bit of precision must save 0.1% and a byte: bigger tables decode slower.
             let bits_more = (precision - best.precision) as f64;
-            let worth_it =
-                best.total_bytes() * (1.0 - FINE_PRECISION_MIN_GAIN * bits_more) - bits_more;
+            let worth_it = best.total_bytes() * (1.0 - min_gain * bits_more) - bits_more;
             if candidate.total_bytes() >= worth_it {
                 // Finer precisions gain less and less: if two more bits did not pay, four
                 // would not either.
