@@ -1,5 +1,6 @@
 //! Loops the frame encoder or decoder over a file's chunks, single-threaded, for `perf`:
-//! `codec_profile enc|dec FILE [RUNS]`. Prints MB/s (median and best: the machine may be shared) and the ratio.
+//! `codec_profile enc|dec FILE [RUNS [DTYPE]]` (DTYPE: only the chunks coded as it, e.g.
+//! `F8_E8M0`). Prints MB/s (median and best: the machine may be shared) and the ratio.
 
 use std::time::Instant;
 
@@ -10,11 +11,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (mode, path) = (args.get(1).ok_or("mode")?, args.get(2).ok_or("file")?);
     let runs: usize = args.get(3).map(|r| r.parse()).transpose()?.unwrap_or(20);
+    let only = args.get(4);
     let data = std::fs::read(path)?;
     let opts = EncodeOptions::default();
     let (_, manifest) = compress_bytes(&data, opts)?;
     let mut chunks = Vec::new();
     for e in &manifest.entries {
+        if only.is_some_and(|d| d != e.coded_as.name()) {
+            continue;
+        }
         let bytes = &data[e.original[0] as usize..e.original[1] as usize];
         for c in bytes.chunks(e.chunk_bytes.max(1) as usize) {
             chunks.push((c, e.coded_as));
@@ -35,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if mode == "dec" {
         times.clear();
-        let mut out = vec![0u8; data.len()];
+        let mut out = vec![0u8; chunks.iter().map(|(c, _)| c.len()).sum()];
         for _ in 0..runs.max(1) {
             let t = Instant::now();
             let (mut at, mut o) = (0, 0);
