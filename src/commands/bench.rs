@@ -90,15 +90,22 @@ struct FileReport {
     planes: BTreeMap<String, PlaneRow>,
 }
 
+/// The exact order-0 floors of a compressed file: per plane class, and per entry (the
+/// manifest's floors are of the histograms the encoder planned with, which for FP4 and for
+/// planes stored raw may be a sample's).
+struct Floors {
+    planes: BTreeMap<String, PlaneRow>,
+    /// Sum of each frame's planes' floors, by manifest entry.
+    entries: Vec<f64>,
+}
+
 /// Re-splits every chunk as its frame says and compares each stored plane with the order-0
 /// entropy of that plane of that chunk.
-fn plane_efficiency(
-    data: &[u8],
-    fz: &[u8],
-    manifest: &Manifest,
-) -> anyhow::Result<BTreeMap<String, PlaneRow>> {
+fn plane_efficiency(data: &[u8], fz: &[u8], manifest: &Manifest) -> anyhow::Result<Floors> {
     let mut rows: BTreeMap<String, PlaneRow> = BTreeMap::new();
+    let mut entries = Vec::with_capacity(manifest.entries.len());
     for e in &manifest.entries {
+        let mut entry_floor = 0.0;
         for i in 0..e.frames.len() {
             let (cb, ce) = e.frame_compressed_range(i);
             let (ob, oe) = e.frame_original_range(i);
@@ -113,10 +120,15 @@ fn plane_efficiency(
             for (p, plane) in planes.iter().enumerate() {
                 let key = format!("{} {} plane {p}", e.coded_as, layout.name());
                 rows.entry(key).or_default().add(plane);
+                entry_floor += plane.histogram.entropy_bytes();
             }
         }
+        entries.push(entry_floor);
     }
-    Ok(rows)
+    Ok(Floors {
+        planes: rows,
+        entries,
+    })
 }
 
 impl PlaneRow {
@@ -160,10 +172,10 @@ fn bench_floatzip(
     data: &[u8],
     a: &BenchArgs,
     rep: &mut Vec<Measure>,
-) -> anyhow::Result<(Manifest, BTreeMap<String, PlaneRow>)> {
+) -> anyhow::Result<(Manifest, Floors)> {
     let opts = a.codec.options();
     let (fz, manifest) = compress_bytes(data, opts)?;
-    let planes = plane_efficiency(data, &fz, &manifest)?;
+    let floors = plane_efficiency(data, &fz, &manifest)?;
     anyhow::ensure!(
         decompress_bytes(&fz)? == data,
         "floatzip round trip differs"
@@ -222,7 +234,7 @@ fn bench_floatzip(
         compress_mb_s: mbps(data.len(), e),
         decompress_mb_s: mbps(data.len(), d),
     });
-    Ok((manifest, planes))
+    Ok((manifest, floors))
 }
 
 fn bench_zstd(data: &[u8], level: i32, runs: usize, rep: &mut Vec<Measure>) -> anyhow::Result<()> {
@@ -246,7 +258,7 @@ fn bench_file(path: &PathBuf, a: &BenchArgs) -> anyhow::Result<FileReport> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.max(1))
         .build()?;
-    let (manifest, planes) = pool.install(|| bench_floatzip(&data, a, &mut contenders))?;
+    let (manifest, floors) = pool.install(|| bench_floatzip(&data, a, &mut contenders))?;
     let levels: &[i32] = if a.no_zstd { &[] } else { &[1, 3, 19] };
     for &level in levels {
         bench_zstd(
@@ -257,21 +269,20 @@ fn bench_file(path: &PathBuf, a: &BenchArgs) -> anyhow::Result<FileReport> {
         )?;
     }
     let mut by_dtype: BTreeMap<String, DtypeRow> = BTreeMap::new();
-    for e in &manifest.entries {
+    for (e, &floor) in manifest.entries.iter().zip(&floors.entries) {
         let r = by_dtype.entry(e.coded_as.to_string()).or_default();
         r.original_bytes += e.original_len();
         r.compressed_bytes += e.compressed_len();
-        r.floor_bytes += e.floor_bytes;
+        r.floor_bytes += floor;
     }
-    let floor: f64 =
-        manifest.entries.iter().map(|e| e.floor_bytes).sum::<f64>() + manifest.prefix_len as f64;
+    let floor = floors.entries.iter().sum::<f64>() + manifest.prefix_len as f64;
     Ok(FileReport {
         file: path.display().to_string(),
         bytes: data.len() as u64,
         floor_ratio: floor / data.len() as f64,
         contenders,
         by_dtype,
-        planes,
+        planes: floors.planes,
     })
 }
 

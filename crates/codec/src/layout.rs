@@ -124,6 +124,16 @@ impl Layout {
         }
     }
 
+    /// Whether plane `index` holds only low mantissa bits (F16's low byte, F32's two low
+    /// bytes): near-uniform in trained weights, and then stored raw, which the encoder
+    /// checks on a sample before it counts the whole plane.
+    pub fn is_low_mantissa_plane(self, index: usize) -> bool {
+        matches!(
+            (self, index),
+            (Layout::F16HiLo, 0) | (Layout::F32ExpSm, 2 | 3)
+        )
+    }
+
     /// Whether [`Layout::histograms_from_bytes`] applies to this layout.
     pub fn derives_from_bytes(self) -> bool {
         matches!(

@@ -71,7 +71,9 @@ pub struct Entry {
     pub frames: Vec<u64>,
     /// BLAKE3 of the entry's original bytes, hex: identifies a tensor's content.
     pub blake3: String,
-    /// Order-0 entropy of the coded planes, summed over chunks: the floor for this layout.
+    /// Order-0 entropy of the coded planes, summed over chunks: the floor for this layout
+    /// (of a sample's histogram for planes planned from one: see
+    /// [`crate::frame::FrameStats::floor_bytes`]).
     pub floor_bytes: f64,
     /// How many frames used each layout.
     #[serde(default)]
