@@ -21,9 +21,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def floatzip(binary, path, runs, threads):
+def floatzip(binary, path, runs, threads, extra):
     out = subprocess.run([binary, "bench", "--runs", str(runs), "--threads", str(threads),
-                          "--no-zstd", "--json", path], check=True, capture_output=True).stdout
+                          "--no-zstd", "--json", *extra, path], check=True, capture_output=True).stdout
     rep = json.loads(out)[0]
     by = {c["name"]: c for c in rep["contenders"]}
     full, codec = by["floatzip"], by["floatzip (codec only)"]
@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/floatzip"))
     ap.add_argument("--json")
+    ap.add_argument("--floatzip-arg", action="append", default=[],
+                    help="an argument for `floatzip bench` (repeat for more), e.g. --floatzip-arg=--min-gain=0.02")
     a = ap.parse_args()
     files = []
     for p in a.paths:
@@ -61,7 +63,7 @@ def main():
     rounds = {f: [] for f in files}
     for r in range(a.rounds):
         for f in files:
-            rounds[f].append((floatzip(a.bin, f, a.runs, a.threads), peers(f, a.runs, a.threads)))
+            rounds[f].append((floatzip(a.bin, f, a.runs, a.threads, a.floatzip_arg), peers(f, a.runs, a.threads)))
             print(f"round {r + 1}: {os.path.basename(f)}", file=sys.stderr)
     print("| file | floor | floatzip | ZipNN | zstd -3 | zstd -19 | enc MB/s: compress / codec (ZipNN) "
           "| dec MB/s: codec / with verify (ZipNN) | dec ×ZipNN per round | codec enc ×ZipNN per round |")

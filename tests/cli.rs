@@ -116,6 +116,54 @@ fn inspect_reports_every_tensor() {
         .contains("encoder.layer.0.output.dense.weight_scale"));
 }
 
+/// `--min-gain` raises the margin a coder must win by over raw storage: at 0.02 every packed
+/// FP4 tensor of the NVFP4 fixture is stored raw (coded by rANS at the default), and the
+/// file still comes back byte-identical. Values outside [0, 1) are refused before any output.
+#[test]
+fn min_gain_keeps_near_random_planes_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("minilm-nvfp4.safetensors");
+    let fp4_coders = |fz: &str, extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["compress", src.to_str().unwrap(), "-o", fz, "-q"];
+        args.extend_from_slice(extra);
+        ok(&floatzip(&args, dir.path()));
+        let o = floatzip(&["inspect", fz, "--json"], dir.path());
+        ok(&o);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let tensors = v["tensors"].as_array().unwrap();
+        tensors
+            .iter()
+            .filter(|t| t["coded_as"] == "F4")
+            .map(|t| t["coders"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let default = fp4_coders("default.fz", &[]);
+    let raw = fp4_coders("raw.fz", &["--min-gain", "0.02"]);
+    assert!(default.iter().any(|c| c.contains("rans")), "{default:?}");
+    assert!(
+        !raw.is_empty() && raw.iter().all(|c| c.starts_with("raw")),
+        "{raw:?}"
+    );
+    ok(&floatzip(
+        &["decompress", "raw.fz", "-o", "back.safetensors"],
+        dir.path(),
+    ));
+    assert_eq!(sha(&dir.path().join("back.safetensors")), sha(&src));
+    for bad in ["1", "1.5", "-0.1", "nan", "x"] {
+        let arg = format!("--min-gain={bad}");
+        let o = floatzip(
+            &["compress", src.to_str().unwrap(), "-o", "bad.fz", &arg],
+            dir.path(),
+        );
+        assert_eq!(o.status.code(), Some(2), "{arg}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("expected a fraction"),
+            "{arg}"
+        );
+        assert!(!dir.path().join("bad.fz").exists());
+    }
+}
+
 #[test]
 fn extract_writes_a_valid_safetensors_subset() {
     let dir = tempfile::tempdir().unwrap();
