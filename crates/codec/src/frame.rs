@@ -1281,6 +1281,18 @@ mod tests {
         stats
     }
 
+    /// A 64-bit LCG from `seed` (Knuth's MMIX constants): each call returns the next state,
+    /// whose high bits the tests take.
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x
+        }
+    }
+
     /// The coder choice as it was made before the lower-bound shortcuts (and without the
     /// nibble coder): every coder's estimate worked out in full.
     fn choose_coder_reference(hist: &Histogram, opts: &FrameOptions) -> (Coder, usize) {
@@ -1437,13 +1449,8 @@ mod tests {
     /// planned from the sample (and stored raw); others are counted exactly.
     #[test]
     fn noise_planes_are_planned_from_their_sample() {
-        let mut x = 7u64;
-        let mut next = move || {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        };
+        let mut lcg_next = lcg(7);
+        let mut next = move || (lcg_next() >> 33) as u8;
         let n = 128 << 10;
         let noise: Vec<u8> = (0..n).map(|_| next()).collect();
         // Every byte value occurs (one in eight is noise), but a few dominate: codable.
@@ -1483,13 +1490,8 @@ mod tests {
 
     #[test]
     fn layout_choice_matches_full_evaluation() {
-        let mut x = 99u64;
-        let mut next = move || {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            x >> 24
-        };
+        let mut lcg_next = lcg(99);
+        let mut next = move || lcg_next() >> 24;
         let mut seen = std::collections::HashSet::new();
         for len in [64usize, 1000, 6144, 20_000, 70_000] {
             for kind in 0..5 {
@@ -1563,12 +1565,10 @@ mod tests {
     fn fp8_sign_mantissa_planes_use_nibbles() {
         // E4M3 with a skewed exponent and a uniform sign|mantissa: the split layout's
         // second plane is nibbles.
-        let mut x = 12345u64;
+        let mut next = lcg(12345);
         let chunk: Vec<u8> = (0..6144)
             .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                let x = next();
                 let exp = 7 - ((x >> 40).trailing_zeros().min(6) as u8);
                 ((x >> 20) as u8 & 0x80) | exp << 3 | (x >> 30) as u8 & 7
             })
@@ -1642,13 +1642,8 @@ mod tests {
 
     #[test]
     fn tag_hits_bound_word_hits() {
-        let mut x = 77u64;
-        let mut next = move || {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            x >> 16
-        };
+        let mut lcg_next = lcg(77);
+        let mut next = move || lcg_next() >> 16;
         for len in [0usize, 8, 504, 512, 6144, 12_288, 40_000, 262_144] {
             for kind in 0..6 {
                 let chunk: Vec<u8> = (0..len)
