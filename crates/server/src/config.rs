@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use floatzip_codec::{EncodeOptions, FrameOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::StartError;
@@ -57,6 +58,23 @@ pub struct CodecConfig {
     pub chunk_bytes: usize,
     /// Threads for encoding and decoding; 0: one per core.
     pub threads: usize,
+    /// How much smaller than raw storage a plane's coding must be to be used (a fraction):
+    /// raw planes decode at copy speed (see `floatzip compress --min-gain`).
+    pub min_gain: f64,
+}
+
+impl CodecConfig {
+    /// The encoder settings uploads are compressed with.
+    pub fn encode_options(&self) -> EncodeOptions {
+        EncodeOptions {
+            chunk_bytes: self.chunk_bytes,
+            frame: FrameOptions {
+                min_gain: self.min_gain,
+                ..FrameOptions::default()
+            },
+            ..EncodeOptions::default()
+        }
+    }
 }
 
 /// Limits.
@@ -125,6 +143,7 @@ impl Default for CodecConfig {
         CodecConfig {
             chunk_bytes: 256 << 10,
             threads: 0,
+            min_gain: FrameOptions::default().min_gain,
         }
     }
 }
@@ -198,6 +217,9 @@ impl Config {
         if let Some(v) = get("FLOATZIP_THREADS") {
             self.codec.threads = num("FLOATZIP_THREADS", &v)?;
         }
+        if let Some(v) = get("FLOATZIP_MIN_GAIN") {
+            self.codec.min_gain = num("FLOATZIP_MIN_GAIN", &v)?;
+        }
         if let Some(v) = get("FLOATZIP_MAX_UPLOAD_BYTES") {
             self.limits.max_upload_bytes = num("FLOATZIP_MAX_UPLOAD_BYTES", &v)?;
         }
@@ -219,6 +241,9 @@ impl Config {
         let max_chunk = floatzip_codec::frame::MAX_CHUNK_BYTES;
         if self.codec.chunk_bytes == 0 || self.codec.chunk_bytes > max_chunk {
             return bad(format!("codec.chunk_bytes must be 1..={max_chunk}"));
+        }
+        if !(0.0..1.0).contains(&self.codec.min_gain) {
+            return bad("codec.min_gain must be a fraction from 0 up to (not including) 1".into());
         }
         let max_header = floatzip_codec::safetensors::MAX_HEADER_BYTES;
         if self.limits.max_header_bytes == 0 || self.limits.max_header_bytes > max_header {
@@ -288,5 +313,22 @@ mod tests {
         assert!(c
             .apply_env(|k| (k == "FLOATZIP_THREADS").then(|| "x".into()))
             .is_err());
+    }
+
+    #[test]
+    fn min_gain_reaches_the_encoder_and_must_be_a_fraction() {
+        let mut c = Config::from_toml("[codec]\nmin_gain = 0.02\n").unwrap();
+        c.check().unwrap();
+        assert_eq!(c.codec.encode_options().frame.min_gain, 0.02);
+        assert_eq!(c.codec.encode_options().chunk_bytes, c.codec.chunk_bytes);
+        c.apply_env(|k| (k == "FLOATZIP_MIN_GAIN").then(|| "0.05".into()))
+            .unwrap();
+        assert_eq!(c.codec.encode_options().frame.min_gain, 0.05);
+        for bad in ["1.0", "-0.1", "nan", "inf"] {
+            let mut c = Config::default();
+            c.apply_env(|k| (k == "FLOATZIP_MIN_GAIN").then(|| bad.into()))
+                .unwrap();
+            assert!(c.check().is_err(), "{bad}");
+        }
     }
 }

@@ -141,10 +141,7 @@ pub async fn run(
         limits.max_upload_bytes,
         content_length,
     );
-    let opts = EncodeOptions {
-        chunk_bytes: state.config.codec.chunk_bytes,
-        ..EncodeOptions::default()
-    };
+    let opts = state.config.codec.encode_options();
     let temp_dir = state.config.temp_dir();
     let encoder = tokio::task::spawn_blocking(move || encode(rx, gate, opts, temp_dir));
 
@@ -239,10 +236,7 @@ async fn recode_against(
     let handle = tokio::runtime::Handle::current();
     let storage = state.storage.clone();
     let temp_dir = state.config.temp_dir();
-    let opts = EncodeOptions {
-        chunk_bytes: state.config.codec.chunk_bytes,
-        ..EncodeOptions::default()
-    };
+    let opts = state.config.codec.encode_options();
     let base2 = base.clone();
     let recoded = tokio::task::spawn_blocking(move || -> Result<(Staged, bool), ApiError> {
         let t = Instant::now();
