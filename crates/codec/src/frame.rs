@@ -470,7 +470,7 @@ fn words_look_repetitive(bytes: &[u8], hist: Result<&Histogram, &[u8]>, share: u
         return false;
     }
     // The exact hits next, before the order-0 costs (a log2 per byte value) are worked out.
-    let (hits, _) = repeated_words(words.clone());
+    let hits = repeated_words(words.clone());
     if hits * share <= samples {
         return false;
     }
@@ -553,12 +553,11 @@ fn repeated_tags(words: impl Iterator<Item = u64>) -> usize {
     hits
 }
 
-/// Re-occurrences of words in a 4096-slot hash table (each slot keeps its last word), and
-/// the number of words.
-fn repeated_words(words: impl Iterator<Item = u64>) -> (usize, usize) {
+/// Re-occurrences of words in a 4096-slot hash table (each slot keeps its last word).
+fn repeated_words(words: impl Iterator<Item = u64>) -> usize {
     const BITS: u32 = 12;
     let mut table = [0u64; 1 << BITS];
-    let (mut hits, mut samples) = (0usize, 0usize);
+    let mut hits = 0usize;
     for v in words {
         let slot = (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS)) as usize;
         if table[slot] == v {
@@ -566,9 +565,8 @@ fn repeated_words(words: impl Iterator<Item = u64>) -> (usize, usize) {
         } else {
             table[slot] = v;
         }
-        samples += 1;
     }
-    (hits, samples)
+    hits
 }
 
 fn varint_len(v: usize) -> usize {
@@ -763,7 +761,7 @@ fn choose_layout(
     opts: &FrameOptions,
     s: &mut Scratch,
 ) -> Chosen {
-    if dtype == DType::F4 && chunk.len() >= SAMPLED_HISTOGRAM_MIN_BYTES {
+    if dtype == DType::F4 && chunk.len() >= SAMPLED_MIN_SYMBOLS {
         if let Some(sampled) = Histogram::sampled(chunk) {
             let chosen = Chosen {
                 sampled: true,
@@ -783,9 +781,10 @@ fn choose_layout(
     choose_layout_with(chunk, dtype, candidates, opts, s, None)
 }
 
-/// FP4 chunks at least this long are planned from a sampled byte histogram
-/// ([`Histogram::sampled`]): counting all of a chunk's bytes was a quarter of FP4 encoding.
-const SAMPLED_HISTOGRAM_MIN_BYTES: usize = 64 << 10;
+/// Planes at least this long may be planned from a sampled histogram
+/// ([`Histogram::sampled`]): FP4 chunks (one byte plane; counting all of its bytes was a
+/// quarter of FP4 encoding) and near-random mantissa planes ([`planning_histogram`]).
+const SAMPLED_MIN_SYMBOLS: usize = 64 << 10;
 
 /// [`choose_layout`], with the chunk's byte histogram given (`byte_hist`) or counted here.
 fn choose_layout_with(
@@ -894,9 +893,6 @@ fn choose_layout_with(
     }
 }
 
-/// Planes this long may be planned from a sample (see [`planning_histogram`]).
-const SAMPLED_RAW_MIN_SYMBOLS: usize = 64 << 10;
-
 /// The histogram a plane is planned with: its exact counts, or, for a long plane whose
 /// sample ([`Histogram::sampled`]) shows that no coder can beat raw storage by
 /// `opts.min_gain`, the scaled sample. Such planes (the low mantissa bytes of most floats)
@@ -905,7 +901,7 @@ const SAMPLED_RAW_MIN_SYMBOLS: usize = 64 << 10;
 /// of 64 Ki near-uniform bytes, with a spread far smaller), so where the sample's bound
 /// says raw, the exact counts' bound says so too.
 fn planning_histogram(plane: &[u8], opts: &FrameOptions) -> Histogram {
-    if plane.len() >= SAMPLED_RAW_MIN_SYMBOLS && opts.min_gain > 0.0 {
+    if plane.len() >= SAMPLED_MIN_SYMBOLS && opts.min_gain > 0.0 {
         if let Some(sample) = Histogram::sampled(plane) {
             let bounds = PlaneBounds::new(&sample, true, false, opts.small_planes);
             if bounds.coded as f64 >= plane.len() as f64 * (1.0 - opts.min_gain) {
@@ -1112,8 +1108,10 @@ pub fn stored_planes(frame: &[u8], chunk: &[u8]) -> Result<(Layout, Vec<StoredPl
     }
     let parts = plane_parts(&h)?;
     let mut planes = Vec::new();
-    h.layout.split(chunk, &mut planes);
-    if h.layout == Layout::Bytes || planes.len() != parts.len() {
+    if h.layout != Layout::Bytes {
+        h.layout.split(chunk, &mut planes);
+    }
+    if planes.len() != parts.len() {
         planes = vec![chunk.to_vec()];
     }
     let stored = planes
@@ -1471,10 +1469,7 @@ mod tests {
         let exact_of =
             |p: &[u8], o: &FrameOptions| planning_histogram(p, o).counts == Histogram::of(p).counts;
         assert!(exact_of(&skewed, &opts), "a codable plane is counted");
-        assert!(
-            exact_of(&noise[..SAMPLED_RAW_MIN_SYMBOLS - 1], &opts),
-            "short"
-        );
+        assert!(exact_of(&noise[..SAMPLED_MIN_SYMBOLS - 1], &opts), "short");
         assert!(exact_of(&noise, &FrameOptions::smallest()), "no raw margin");
         // Through a frame: F16 with noise low bytes stores them raw, its high bytes coded.
         let chunk: Vec<u8> = noise
@@ -1662,7 +1657,7 @@ mod tests {
                 let words = chunk
                     .chunks_exact(8)
                     .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
-                let (hits, _) = repeated_words(words.clone());
+                let hits = repeated_words(words.clone());
                 let tags = repeated_tags(words);
                 // At least as many, and close enough to rule chunks out.
                 let close = hits + len / 8 / 256 + 4;

@@ -425,7 +425,8 @@ impl Plan {
         }
         // A finer precision can at best remove the quantisation excess over the entropy:
         // don't evaluate it when even that would not pay for two more bits.
-        let excess_bytes = (best.info_bits - hist.entropy_bytes() * 8.0) / 8.0;
+        let entropy_bits = hist.entropy_bits();
+        let excess_bytes = (best.info_bits - entropy_bits) / 8.0;
         if excess_bytes < best.total_bytes() * 0.002 + 2.0 {
             return best;
         }
@@ -433,8 +434,7 @@ impl Plan {
         // slower), unless a compact plane would stay over 1 % above what any order-0 code
         // must pay: then a byte a bit is enough.
         let min_gain = match small == SmallPlanes::Compact
-            && best.encoded_size() as f64 * 8.0
-                > (hist.entropy_bits() + hist.model_cost_bits()) * 1.01
+            && best.encoded_size() as f64 * 8.0 > (entropy_bits + hist.model_cost_bits()) * 1.01
         {
             true => 0.0,
             false => FINE_PRECISION_MIN_GAIN,
